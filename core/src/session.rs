@@ -1,0 +1,384 @@
+//! A session: requests, responses and notifications over one link.
+//!
+//! Either side may send requests (the protocol is symmetric); responses find their request by
+//! correlation id. Incoming requests run concurrently up to a bound, each answered on the same
+//! link. Frames that are too large or do not decode are answered with an error and the session
+//! goes on; a peer that stops answering is detected by consecutive timeouts and the session is
+//! closed, so the owner reconnects.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::error::{Error, ErrorKind, Result, WireError};
+use crate::protocol::{Body, BodyRef, Codec, EnvelopeRef, Notification, PROTOCOL_VERSION, Request, Response};
+use crate::telemetry;
+use crate::transport::{FrameReceiver, Link, LinkInfo};
+use crate::types::ReactorId;
+
+/// After this many request timeouts in a row the peer is considered gone.
+const TIMEOUTS_BEFORE_CLOSE: u32 = 3;
+
+/// A response with the sizes of both frames.
+#[derive(Debug)]
+pub struct Reply {
+    /// The response.
+    pub response: Response,
+    /// Bytes of the request frame.
+    pub request_bytes: usize,
+    /// Bytes of the response frame.
+    pub response_bytes: usize,
+}
+
+/// Serves a session's incoming requests and notifications.
+#[async_trait]
+pub trait SessionHandler: Send + Sync + 'static {
+    /// Answers a request.
+    async fn handle(&self, session: &Session, request: Request) -> Result<Response>;
+
+    /// Takes a notification.
+    fn notified(&self, session: &Session, notification: Notification);
+
+    /// The session closed.
+    fn closed(&self, _session: &Session) {}
+}
+
+/// Limits applied to a session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Largest frame accepted or sent.
+    pub max_frame_bytes: usize,
+    /// Most requests from the peer served at once.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_frame_bytes: 32 << 20,
+            max_concurrent_requests: 64,
+        }
+    }
+}
+
+/// Per-session state the responder keeps: the listeners registered on it and whether a poke is
+/// outstanding.
+#[derive(Debug, Default)]
+pub(crate) struct ResponderState {
+    pub(crate) listeners: Vec<String>,
+    pub(crate) poke_pending: bool,
+}
+
+struct Inner {
+    id: u64,
+    sender: Arc<dyn crate::transport::FrameSender>,
+    info: LinkInfo,
+    limits: SessionLimits,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<(Response, usize)>>>>,
+    next_id: AtomicU64,
+    closed: watch::Sender<bool>,
+    peer: OnceLock<ReactorId>,
+    timeouts_in_a_row: AtomicU32,
+    reader: Mutex<Option<AbortHandle>>,
+    pub(crate) responder: Mutex<ResponderState>,
+}
+
+/// One session over a link. Cheap to clone.
+#[derive(Clone)]
+pub struct Session(Arc<Inner>);
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.0.id)
+            .field("transport", &self.0.info.transport)
+            .field("peer", &self.0.peer.get())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+impl Session {
+    /// Starts a session on a link: spawns the reader that dispatches incoming frames.
+    pub fn start(link: Link, handler: Arc<dyn SessionHandler>, limits: SessionLimits) -> Session {
+        let session = Session(Arc::new(Inner {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            sender: link.sender,
+            info: link.info,
+            limits,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: watch::channel(false).0,
+            peer: OnceLock::new(),
+            timeouts_in_a_row: AtomicU32::new(0),
+            reader: Mutex::new(None),
+            responder: Mutex::new(ResponderState::default()),
+        }));
+        let s = session.clone();
+        let task = tokio::spawn(async move { s.read_loop(link.receiver, handler).await });
+        *session.0.reader.lock() = Some(task.abort_handle());
+        if session.is_closed() {
+            task.abort();
+        }
+        session
+    }
+
+    /// A process-unique id for this session.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Facts about the link.
+    pub fn info(&self) -> &LinkInfo {
+        &self.0.info
+    }
+
+    /// The peer's reactor id, once the handshake named it.
+    pub fn peer(&self) -> Option<&ReactorId> {
+        self.0.peer.get()
+    }
+
+    /// Records the peer's reactor id (once).
+    pub fn set_peer(&self, peer: ReactorId) -> Result<()> {
+        let stored = self.0.peer.get_or_init(|| peer.clone());
+        if *stored != peer {
+            return Err(Error::invalid(format!(
+                "this session belongs to reactor {stored}, not {peer}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn responder_state(&self) -> parking_lot::MutexGuard<'_, ResponderState> {
+        self.0.responder.lock()
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        *self.0.closed.borrow()
+    }
+
+    /// Waits until the session is closed.
+    pub async fn closed(&self) {
+        let mut rx = self.0.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Closes the session: fails pending requests, closes the link, stops the reader.
+    pub fn close(&self) {
+        if self.0.closed.send_replace(true) {
+            return;
+        }
+        self.0.sender.close();
+        let pending: Vec<_> = self.0.pending.lock().drain().collect();
+        for (_, tx) in pending {
+            let _ = tx.send(Err(Error::closed("the session closed")));
+        }
+        if let Some(reader) = self.0.reader.lock().take() {
+            reader.abort();
+        }
+    }
+
+    async fn send_envelope(&self, env: EnvelopeRef<'_>) -> Result<usize> {
+        let frame = self.0.info.codec.encode_ref(&env)?;
+        let len = frame.len();
+        if len > self.0.limits.max_frame_bytes {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "a frame of {len} bytes exceeds the limit of {} bytes",
+                    self.0.limits.max_frame_bytes
+                ),
+            ));
+        }
+        self.0.sender.send(Bytes::from(frame)).await?;
+        Ok(len)
+    }
+
+    /// Sends a request and waits for its response, at most `timeout`.
+    pub async fn request(&self, request: &Request, timeout: Duration) -> Result<Reply> {
+        if self.is_closed() {
+            return Err(Error::closed("the session is closed"));
+        }
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.0.pending.lock().insert(id, tx);
+        let env = EnvelopeRef {
+            v: PROTOCOL_VERSION,
+            id,
+            body: BodyRef::Request(request),
+        };
+        let size = match self.send_envelope(env).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.0.pending.lock().remove(&id);
+                return Err(e);
+            }
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => {
+                self.0.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                result.map(|(response, response_bytes)| Reply {
+                    response,
+                    request_bytes: size,
+                    response_bytes,
+                })
+            }
+            Ok(Err(_)) => Err(Error::closed("the session closed before the response")),
+            Err(_) => {
+                self.0.pending.lock().remove(&id);
+                let n = self.0.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= TIMEOUTS_BEFORE_CLOSE {
+                    tracing::info!(
+                        transport = self.0.info.transport,
+                        peer = %self.0.info.peer,
+                        "{n} requests in a row timed out; closing the session"
+                    );
+                    self.close();
+                }
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no response from {} within {} ms; the outcome is unknown",
+                        self.0.info.peer,
+                        timeout.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Sends a notification.
+    pub async fn notify(&self, notification: Notification) -> Result<()> {
+        self.send_envelope(EnvelopeRef {
+            v: PROTOCOL_VERSION,
+            id: 0,
+            body: BodyRef::Notification(&notification),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn respond(&self, id: u64, result: Result<Response>) {
+        let body = match result {
+            Ok(r) => Body::Response(r),
+            Err(e) => Body::Error(WireError::from(&e)),
+        };
+        let env = EnvelopeRef {
+            v: PROTOCOL_VERSION,
+            id,
+            body: body.as_ref(),
+        };
+        match self.send_envelope(env).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::TooLarge => {
+                // Answer with the error instead, so the requester does not wait for a timeout.
+                let wire = WireError::from(&e);
+                let env = EnvelopeRef {
+                    v: PROTOCOL_VERSION,
+                    id,
+                    body: BodyRef::Error(&wire),
+                };
+                let _ = self.send_envelope(env).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "could not send a response"),
+        }
+    }
+
+    fn complete(&self, id: u64, result: Result<(Response, usize)>) {
+        if let Some(tx) = self.0.pending.lock().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    async fn reject(&self, id: Option<u64>, is_request: bool, error: Error, reason: &'static str) {
+        telemetry::frame_rejected(reason);
+        tracing::debug!(peer = %self.0.info.peer, error = %error, "rejected a frame");
+        match id {
+            Some(id) if is_request => self.respond(id, Err(error)).await,
+            Some(id) => self.complete(id, Err(error)),
+            None => {}
+        }
+    }
+
+    async fn read_loop(self, mut receiver: Box<dyn FrameReceiver>, handler: Arc<dyn SessionHandler>) {
+        let permits = Arc::new(Semaphore::new(self.0.limits.max_concurrent_requests.max(1)));
+        while let Some(frame) = receiver.recv().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    telemetry::frame_rejected("transport");
+                    tracing::debug!(error = %e, "the transport refused a frame");
+                    continue;
+                }
+            };
+            if frame.len() > self.0.limits.max_frame_bytes {
+                let id = peek_id(&frame);
+                let err = Error::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "a frame of {} bytes exceeds the limit of {} bytes",
+                        frame.len(),
+                        self.0.limits.max_frame_bytes
+                    ),
+                );
+                self.reject(id.map(|(i, _)| i), id.is_some_and(|(_, r)| r), err, "too_large")
+                    .await;
+                continue;
+            }
+            let env = match Codec::decode(&frame) {
+                Ok(env) => env,
+                Err(de) => {
+                    let reason = if de.error.kind() == ErrorKind::ProtocolVersion {
+                        "protocol_version"
+                    } else {
+                        "malformed"
+                    };
+                    self.reject(de.id, de.is_request, de.error, reason).await;
+                    continue;
+                }
+            };
+            match env.body {
+                Body::Request(request) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let session = self.clone();
+                    let handler = handler.clone();
+                    let id = env.id;
+                    tokio::spawn(async move {
+                        let result = handler.handle(&session, request).await;
+                        session.respond(id, result).await;
+                        drop(permit);
+                    });
+                }
+                Body::Response(response) => self.complete(env.id, Ok((response, frame.len()))),
+                Body::Error(error) => self.complete(env.id, Err(error.into())),
+                Body::Notification(n) => handler.notified(&self, n),
+            }
+        }
+        self.close();
+        handler.closed(&self);
+    }
+}
+
+/// Reads the correlation id and kind from a binary header, if there is one.
+fn peek_id(frame: &[u8]) -> Option<(u64, bool)> {
+    if frame.len() >= crate::protocol::HEADER_LEN && frame.starts_with(b"SY") {
+        let id = u64::from_le_bytes(frame[8..16].try_into().ok()?);
+        Some((id, frame[4] == 0))
+    } else {
+        None
+    }
+}

@@ -1,0 +1,204 @@
+//! The storage traits: the operations store and the sync storage.
+//!
+//! A store is one object implementing both ([`Store`]). The operations store keeps the
+//! operations with their local ordinals; the sync storage keeps the sync manager's own records
+//! (remotes, cursors, listeners, dead letters) as opaque values in a few key spaces. The one
+//! place where both meet is [`OperationStore::apply`]: new operations and metadata writes in one
+//! batch commit in one transaction, which is how the inbox cursor follows durability.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::filter::ReadFilter;
+use crate::types::{OpId, Operation, Ordinal, ReactorId, SortKey, StoredOp, StrandHead, StrandId};
+
+/// Most rows a single `read_since` call looks at, whatever the limit, so that a selective
+/// filter over a long feed never turns one read into a full scan.
+pub const MAX_SCAN_ROWS: usize = 65_536;
+
+/// The key spaces of the sync storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum MetaSpace {
+    /// Configured remotes, by name.
+    Remotes,
+    /// Outbox and inbox cursors, by `<remote>/<direction>`.
+    Cursors,
+    /// Listeners registered by pulling peers, by listener id.
+    Listeners,
+    /// Dead letters, by id.
+    DeadLetters,
+    /// Node-level records (identity, format version).
+    Node,
+}
+
+impl MetaSpace {
+    /// Every space, for stores that create one table each.
+    pub const ALL: [MetaSpace; 5] = [
+        MetaSpace::Remotes,
+        MetaSpace::Cursors,
+        MetaSpace::Listeners,
+        MetaSpace::DeadLetters,
+        MetaSpace::Node,
+    ];
+
+    /// A stable short name, used in table and key names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaSpace::Remotes => "remotes",
+            MetaSpace::Cursors => "cursors",
+            MetaSpace::Listeners => "listeners",
+            MetaSpace::DeadLetters => "dead_letters",
+            MetaSpace::Node => "node",
+        }
+    }
+}
+
+/// One write to the sync storage; `value: None` deletes the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaWrite {
+    /// The key space.
+    pub space: MetaSpace,
+    /// The key.
+    pub key: String,
+    /// The new value, or `None` to delete.
+    pub value: Option<Bytes>,
+}
+
+impl MetaWrite {
+    /// Puts `value` at `key`.
+    pub fn put(space: MetaSpace, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        MetaWrite {
+            space,
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+
+    /// Deletes `key`.
+    pub fn delete(space: MetaSpace, key: impl Into<String>) -> Self {
+        MetaWrite {
+            space,
+            key: key.into(),
+            value: None,
+        }
+    }
+}
+
+/// An operation to apply, with the peer it came from (`None` for local submissions).
+#[derive(Clone, Debug)]
+pub struct IncomingOp {
+    /// The operation; its hash was verified before it got here.
+    pub op: Arc<Operation>,
+    /// The peer it was received from.
+    pub source: Option<ReactorId>,
+}
+
+/// What one `apply` writes, atomically.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyBatch {
+    /// Operations; unknown ids are appended in this order, known ids are duplicates.
+    pub ops: Vec<IncomingOp>,
+    /// Sync-storage writes committed in the same transaction (e.g. the inbox cursor).
+    pub meta: Vec<MetaWrite>,
+}
+
+/// What happened to one operation of an apply batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpOutcome {
+    /// The operation was new and got this ordinal.
+    New(Ordinal),
+    /// The id was already stored (or appeared earlier in the batch) under this ordinal.
+    Duplicate(Ordinal),
+}
+
+impl OpOutcome {
+    /// The ordinal, new or existing.
+    pub fn ordinal(self) -> Ordinal {
+        match self {
+            OpOutcome::New(o) | OpOutcome::Duplicate(o) => o,
+        }
+    }
+
+    /// Whether the operation was new.
+    pub fn is_new(self) -> bool {
+        matches!(self, OpOutcome::New(_))
+    }
+}
+
+/// The result of an apply: one outcome per input operation, in input order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Outcomes in the order of `ApplyBatch::ops`.
+    pub outcomes: Vec<OpOutcome>,
+    /// The store's last ordinal after the apply.
+    pub head: Ordinal,
+}
+
+/// One page of the changes feed.
+#[derive(Clone, Debug, Default)]
+pub struct ReadPage {
+    /// Matching operations in ordinal order.
+    pub ops: Vec<StoredOp>,
+    /// The last ordinal looked at; the next read starts after it. Equal to the `after` argument
+    /// when nothing new was there.
+    pub scanned_to: Ordinal,
+    /// The store's last ordinal when the page was read.
+    pub head: Ordinal,
+}
+
+/// The operations store.
+#[async_trait]
+pub trait OperationStore: Send + Sync + fmt::Debug + 'static {
+    /// Atomically and idempotently appends the new operations (each gets the next ordinal, with
+    /// no gaps) and performs the metadata writes. Known ids change nothing and are reported as
+    /// duplicates. Either everything in the batch is committed or nothing is.
+    async fn apply(&self, batch: ApplyBatch) -> Result<ApplyOutcome>;
+
+    /// Reads the feed after `after`: at most `limit` operations passing `filter`, looking at no
+    /// more than [`MAX_SCAN_ROWS`] rows.
+    async fn read_since(&self, after: Ordinal, limit: usize, filter: &ReadFilter)
+    -> Result<ReadPage>;
+
+    /// Reads a strand in canonical order, starting after `after` (from the start if `None`).
+    async fn read_strand(
+        &self,
+        strand: &StrandId,
+        after: Option<SortKey>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Operation>>>;
+
+    /// The heads of all strands, ordered by strand.
+    async fn heads(&self) -> Result<Vec<StrandHead>>;
+
+    /// The last ordinal (0 for an empty store).
+    async fn head(&self) -> Result<Ordinal>;
+
+    /// Looks an operation up by id.
+    async fn get(&self, id: &OpId) -> Result<Option<StoredOp>>;
+}
+
+/// The sync manager's own storage: opaque values in a few key spaces.
+#[async_trait]
+pub trait SyncStorage: Send + Sync + fmt::Debug + 'static {
+    /// Reads one value.
+    async fn get_meta(&self, space: MetaSpace, key: &str) -> Result<Option<Bytes>>;
+
+    /// Writes (puts and deletes) atomically.
+    async fn write_meta(&self, writes: Vec<MetaWrite>) -> Result<()>;
+
+    /// Lists a space in key order.
+    async fn list_meta(&self, space: MetaSpace) -> Result<Vec<(String, Bytes)>>;
+}
+
+/// A complete store: operations plus sync storage.
+pub trait Store: OperationStore + SyncStorage {}
+
+impl<T: OperationStore + SyncStorage + ?Sized> Store for T {}
+
+/// Shared store handle.
+pub type DynStore = Arc<dyn Store>;

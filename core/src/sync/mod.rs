@@ -1,0 +1,617 @@
+//! The sync manager: remotes, their channels, and the responder that serves peers.
+//!
+//! The sync manager never reaches into the executor or the store's internals: it learns about
+//! new operations from the event bus, reads what to send from the store by cursor, and hands
+//! what it receives to the queue like any other job. Its own state (remotes, cursors,
+//! listeners, dead letters) lives in the store's sync storage.
+
+mod remote;
+mod responder;
+pub mod state;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::auth::Permissions;
+use crate::channel::Channel;
+use crate::clock::HlcClock;
+use crate::entropy::Entropy;
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Event, EventBus};
+use crate::filter::{Filter, ReadFilter};
+use crate::queue::Queue;
+use crate::retry::RetryPolicy;
+use crate::scheduler::Scheduler;
+use crate::session::{Session, SessionHandler, SessionLimits};
+use crate::store::DynStore;
+use crate::transport::{Link, TransportRegistry, parse_url};
+use crate::types::{Ordinal, ReactorId, RemoteName, StrandHead};
+
+pub use remote::TaskGroup;
+use remote::RemoteShared;
+use responder::Responder;
+pub use state::{DeadLetter, Direction, ListenerRecord, RemoteRecord, SyncState};
+
+/// How operations flow with a remote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// We push our operations to the remote.
+    Push,
+    /// We pull the remote's operations on an interval.
+    Pull,
+    /// Both: push ours, pull theirs.
+    #[default]
+    #[serde(alias = "ping-pong", alias = "pingpong")]
+    PingPong,
+}
+
+impl SyncMode {
+    /// Whether this mode pushes.
+    pub fn pushes(self) -> bool {
+        matches!(self, SyncMode::Push | SyncMode::PingPong)
+    }
+
+    /// Whether this mode pulls.
+    pub fn pulls(self) -> bool {
+        matches!(self, SyncMode::Pull | SyncMode::PingPong)
+    }
+}
+
+/// A configured peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// The local name.
+    pub name: RemoteName,
+    /// Where it is (`mem://b`, `http://host:port`, `ws://...`, `quic://...`, `redis://...`).
+    pub url: String,
+    /// Push, pull or both.
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// Which strands are exchanged (ours pushed, theirs pulled).
+    #[serde(default)]
+    pub filter: Filter,
+    /// A bearer token presented in `Hello`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+}
+
+impl RemoteConfig {
+    /// A remote with the default mode (ping-pong) and filter (everything).
+    pub fn new(name: &str, url: &str) -> Result<Self> {
+        Ok(RemoteConfig {
+            name: RemoteName::new(name)?,
+            url: url.to_owned(),
+            mode: SyncMode::PingPong,
+            filter: Filter::all(),
+            credentials: None,
+        })
+    }
+
+    /// Sets the mode.
+    pub fn with_mode(mut self, mode: SyncMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the filter.
+    pub fn with_filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Checks the URL and the filter.
+    pub fn validate(&self) -> Result<()> {
+        parse_url(&self.url)
+            .map_err(|e| Error::invalid(format!("remote {}: {}", self.name, e.message())))?;
+        self.filter
+            .validate()
+            .map_err(|e| Error::invalid(format!("remote {}: {}", self.name, e.message())))
+    }
+}
+
+/// Tuning of the sync manager.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Most operations in one pushed batch.
+    pub push_batch_ops: usize,
+    /// Most pushed batches in flight per remote.
+    pub push_window: usize,
+    /// Most operations asked for in one pull.
+    pub pull_batch_ops: usize,
+    /// Most operations accepted in one received batch.
+    pub max_batch_ops: usize,
+    /// Time to wait for a response.
+    #[serde(with = "crate::retry::millis")]
+    pub request_timeout: Duration,
+    /// Retries of a batch.
+    pub retry: RetryPolicy,
+    /// Backoff between connection attempts (never gives up).
+    pub reconnect: RetryPolicy,
+    /// Scopes that never leave the reactor, besides `local`.
+    pub private_scopes: Vec<String>,
+    /// Largest frame sent or accepted.
+    pub max_frame_bytes: usize,
+    /// Most concurrent requests served per session.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            push_batch_ops: 4096,
+            push_window: 4,
+            pull_batch_ops: 4096,
+            max_batch_ops: 16_384,
+            request_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            reconnect: RetryPolicy {
+                initial_delay: Duration::from_millis(50),
+                max_delay: Duration::from_secs(10),
+                multiplier: 2.0,
+                max_attempts: None,
+            },
+            private_scopes: Vec::new(),
+            max_frame_bytes: 32 << 20,
+            max_concurrent_requests: 64,
+        }
+    }
+}
+
+impl SyncConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("push_batch_ops", self.push_batch_ops),
+            ("push_window", self.push_window),
+            ("pull_batch_ops", self.pull_batch_ops),
+            ("max_batch_ops", self.max_batch_ops),
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid(format!("sync.{k} must be at least 1")));
+            }
+        }
+        if self.push_batch_ops > self.max_batch_ops || self.pull_batch_ops > self.max_batch_ops {
+            return Err(Error::invalid(format!(
+                "sync.push_batch_ops ({}) and sync.pull_batch_ops ({}) must not exceed \
+                 sync.max_batch_ops ({}), or peers with the same settings refuse the batches",
+                self.push_batch_ops, self.pull_batch_ops, self.max_batch_ops
+            )));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::invalid("sync.request_timeout must be positive"));
+        }
+        self.retry.validate("sync.retry")?;
+        self.reconnect.validate("sync.reconnect")
+    }
+
+    pub(crate) fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+        }
+    }
+}
+
+/// A remote's connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum ConnectionState {
+    /// Dialling.
+    #[default]
+    Connecting,
+    /// Connected and welcomed.
+    Connected,
+    /// Waiting before the next attempt.
+    Backoff {
+        /// Failed attempts in a row.
+        attempt: u32,
+        /// Wait before the next attempt.
+        retry_in_ms: u64,
+        /// The last error.
+        error: String,
+    },
+    /// Stopped (removed or shut down).
+    Stopped,
+}
+
+/// The last failure seen with a remote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// The error's kind.
+    pub kind: String,
+    /// The error.
+    pub message: String,
+}
+
+/// Everything observable about one remote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RemoteStatus {
+    /// The remote's name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+    /// Its mode.
+    pub mode: SyncMode,
+    /// The connection.
+    pub connection: ConnectionState,
+    /// The remote's reactor id, once known.
+    pub peer: Option<ReactorId>,
+    /// How far the remote applied our feed.
+    pub outbox_cursor: Ordinal,
+    /// Operations of our feed after the outbox cursor (including ones the filter skips).
+    pub outbox_lag: u64,
+    /// Batches pushed and not yet applied.
+    pub in_flight: usize,
+    /// How far we applied the remote's feed.
+    pub inbox_cursor: Ordinal,
+    /// The remote's feed after our inbox cursor, as of the last pull.
+    pub inbox_lag: u64,
+    /// Pulls started.
+    pub pulls: u64,
+    /// The number of the last pull that found nothing more waiting.
+    pub last_caught_up_pull: u64,
+    /// The wait chosen before the next pull.
+    pub pull_interval_ms: u64,
+    /// Last success (ms since the epoch).
+    pub last_success_ms: Option<u64>,
+    /// Last failure.
+    pub last_failure: Option<Failure>,
+    /// Dead letters kept for this remote.
+    pub dead_letters: usize,
+}
+
+/// The status of every remote and of the responder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncStatus {
+    /// This reactor.
+    pub reactor_id: ReactorId,
+    /// Our last ordinal.
+    pub head: Ordinal,
+    /// Remotes.
+    pub remotes: Vec<RemoteStatus>,
+    /// Listeners registered by peers pulling from us.
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// A peer pulling from us.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerStatus {
+    /// Listener id.
+    pub id: String,
+    /// The peer.
+    pub peer: ReactorId,
+    /// How far it acknowledged.
+    pub cursor: Ordinal,
+    /// Our feed after its cursor.
+    pub lag: u64,
+}
+
+/// What the sync tasks share.
+#[derive(Debug)]
+pub(crate) struct SyncContext {
+    pub(crate) reactor: ReactorId,
+    pub(crate) store: DynStore,
+    pub(crate) state: SyncState,
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) bus: Arc<EventBus>,
+    pub(crate) hlc: Arc<HlcClock>,
+    pub(crate) entropy: Arc<Entropy>,
+    pub(crate) scheduler: Arc<dyn Scheduler>,
+    pub(crate) permissions: Arc<dyn Permissions>,
+    pub(crate) transports: TransportRegistry,
+    pub(crate) config: SyncConfig,
+    pub(crate) private_scopes: Arc<[String]>,
+    pub(crate) head: AtomicU64,
+    pub(crate) remotes: RwLock<BTreeMap<RemoteName, Arc<RemoteShared>>>,
+}
+
+impl SyncContext {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.hlc.wall().now_millis()
+    }
+
+    pub(crate) fn head(&self) -> Ordinal {
+        Ordinal(self.head.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn read_filter(&self, filter: &Filter, peer: Option<ReactorId>) -> ReadFilter {
+        ReadFilter::for_peer(filter.clone(), peer, self.private_scopes.clone())
+    }
+
+    /// The names of remotes whose peer is `peer`.
+    pub(crate) fn remotes_of(&self, peer: &ReactorId) -> Vec<Arc<RemoteShared>> {
+        self.remotes
+            .read()
+            .values()
+            .filter(|r| r.peer().as_ref() == Some(peer))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Everything needed to build a sync manager.
+#[derive(Debug)]
+pub struct SyncParts {
+    /// This reactor.
+    pub reactor: ReactorId,
+    /// The store.
+    pub store: DynStore,
+    /// The job queue received batches go to.
+    pub queue: Arc<Queue>,
+    /// The event bus.
+    pub bus: Arc<EventBus>,
+    /// The HLC (observed on every receive).
+    pub hlc: Arc<HlcClock>,
+    /// Randomness.
+    pub entropy: Arc<Entropy>,
+    /// Pull timing.
+    pub scheduler: Arc<dyn Scheduler>,
+    /// Peer permissions.
+    pub permissions: Arc<dyn Permissions>,
+    /// Transports by scheme.
+    pub transports: TransportRegistry,
+    /// Tuning.
+    pub config: SyncConfig,
+}
+
+/// Owns the remotes and serves peers.
+#[derive(Debug)]
+pub struct SyncManager {
+    ctx: Arc<SyncContext>,
+    responder: Arc<Responder>,
+    tasks: Mutex<BTreeMap<RemoteName, TaskGroup>>,
+    _responder_tasks: TaskGroup,
+}
+
+impl SyncManager {
+    /// Builds the sync manager and starts the remotes stored in the sync storage.
+    pub async fn start(parts: SyncParts) -> Result<Self> {
+        parts.config.validate()?;
+        let mut private: Vec<String> = vec![crate::types::LOCAL_SCOPE.to_owned()];
+        private.extend(parts.config.private_scopes.iter().cloned());
+        let head = parts.store.head().await?;
+        let ctx = Arc::new(SyncContext {
+            reactor: parts.reactor,
+            state: SyncState::new(parts.store.clone()),
+            store: parts.store,
+            queue: parts.queue,
+            bus: parts.bus,
+            hlc: parts.hlc,
+            entropy: parts.entropy,
+            scheduler: parts.scheduler,
+            permissions: parts.permissions,
+            transports: parts.transports,
+            config: parts.config,
+            private_scopes: Arc::from(private),
+            head: AtomicU64::new(head.0),
+            remotes: RwLock::new(BTreeMap::new()),
+        });
+        let (responder, responder_tasks) = Responder::start(ctx.clone()).await?;
+        let weak = Arc::downgrade(&ctx);
+        ctx.bus.on(move |event| {
+            let Event::OperationsWritten(w) = event else {
+                return;
+            };
+            let Some(ctx) = weak.upgrade() else {
+                return;
+            };
+            if let Some(last) = w.ops.last() {
+                ctx.head.fetch_max(last.ordinal.0, Ordering::AcqRel);
+            }
+            for remote in ctx.remotes.read().values() {
+                remote.on_written(w);
+            }
+        });
+        let manager = SyncManager {
+            ctx,
+            responder,
+            tasks: Mutex::new(BTreeMap::new()),
+            _responder_tasks: responder_tasks,
+        };
+        for record in manager.ctx.state.remotes().await? {
+            manager.launch(record).await?;
+        }
+        Ok(manager)
+    }
+
+    async fn launch(&self, record: RemoteRecord) -> Result<()> {
+        let name = record.config.name.clone();
+        let (shared, tasks) = RemoteShared::start(self.ctx.clone(), self.responder.clone(), record).await?;
+        self.ctx.remotes.write().insert(name.clone(), shared);
+        self.tasks.lock().insert(name, tasks);
+        Ok(())
+    }
+
+    /// Adds a remote, stores it, and starts syncing with it (backfilling our history if it
+    /// pushes).
+    pub async fn add_remote(&self, config: RemoteConfig) -> Result<()> {
+        config.validate()?;
+        let url = parse_url(&config.url)?;
+        self.ctx.transports.for_url(&url)?;
+        if self.ctx.remotes.read().contains_key(&config.name) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("a remote named {} already exists", config.name),
+            ));
+        }
+        let record = RemoteRecord {
+            config,
+            listener_id: None,
+            peer: None,
+        };
+        self.ctx.state.put_remote(&record).await?;
+        self.launch(record).await
+    }
+
+    /// Stops a remote and deletes it with its cursors.
+    pub async fn remove_remote(&self, name: &str) -> Result<()> {
+        let name = RemoteName::new(name)?;
+        let shared = self
+            .ctx
+            .remotes
+            .write()
+            .remove(&name)
+            .ok_or_else(|| Error::not_found(format!("no remote named {name}")))?;
+        shared.stop();
+        self.tasks.lock().remove(&name);
+        self.ctx.scheduler.forget(name.as_str());
+        self.ctx.state.delete_remote(&name).await
+    }
+
+    /// The configured remotes.
+    pub fn remotes(&self) -> Vec<RemoteConfig> {
+        self.ctx
+            .remotes
+            .read()
+            .values()
+            .map(|r| r.config.clone())
+            .collect()
+    }
+
+    fn remote(&self, name: &str) -> Result<Arc<RemoteShared>> {
+        let name = RemoteName::new(name)?;
+        self.ctx
+            .remotes
+            .read()
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no remote named {name}")))
+    }
+
+    /// A remote's channel (inbox and outbox mailboxes).
+    pub fn channel(&self, name: &str) -> Result<Arc<Channel>> {
+        Ok(self.remote(name)?.channel.clone())
+    }
+
+    /// A remote's status.
+    pub fn remote_status(&self, name: &str) -> Result<RemoteStatus> {
+        Ok(self.remote(name)?.status_now())
+    }
+
+    /// A receiver of a remote's status, updated as it changes.
+    pub fn watch_remote(&self, name: &str) -> Result<watch::Receiver<RemoteStatus>> {
+        Ok(self.remote(name)?.status.subscribe())
+    }
+
+    /// The status of everything.
+    pub fn status(&self) -> SyncStatus {
+        let head = self.ctx.head();
+        SyncStatus {
+            reactor_id: self.ctx.reactor.clone(),
+            head,
+            remotes: self
+                .ctx
+                .remotes
+                .read()
+                .values()
+                .map(|r| r.status_now())
+                .collect(),
+            listeners: self.responder.listener_status(head),
+        }
+    }
+
+    /// Waits until the remote is in sync: it applied our feed as of now (push modes), and a
+    /// pull started after now found nothing more (pull modes).
+    pub async fn wait_for_sync(&self, name: &str, timeout: Duration) -> Result<()> {
+        let remote = self.remote(name)?;
+        let target = self.ctx.store.head().await?;
+        let mut rx = remote.status.subscribe();
+        let pulls_at_start = rx.borrow().pulls;
+        remote.wake_push.notify_one();
+        remote.wake_pull.notify_one();
+        let mode = remote.config.mode;
+        let done = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| {
+                (!mode.pushes() || s.outbox_cursor >= target)
+                    && (!mode.pulls() || s.last_caught_up_pull > pulls_at_start)
+            }),
+        )
+        .await;
+        match done {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::closed(format!("remote {name} was stopped"))),
+            Err(_) => {
+                let s = remote.status_now();
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "remote {name} is not in sync after {} ms: connection {:?}, outbox \
+                         cursor {} of {target}, {} pulls caught up of {}{}",
+                        timeout.as_millis(),
+                        s.connection,
+                        s.outbox_cursor,
+                        s.last_caught_up_pull,
+                        s.pulls,
+                        s.last_failure
+                            .map(|f| format!(", last failure: {}", f.message))
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// All dead letters.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.ctx.state.dead_letters().await
+    }
+
+    /// Sends a dead letter's batch again; it is deleted once the remote applied it.
+    pub async fn requeue_dead_letter(&self, id: &str) -> Result<()> {
+        let letter = self.ctx.state.dead_letter(id).await?;
+        let remote = self.remote(letter.remote.as_str())?;
+        remote.requeue(letter)
+    }
+
+    /// Asks a remote which strands it has that we may see (discovery).
+    pub async fn directory(&self, name: &str, filter: Filter) -> Result<Vec<StrandHead>> {
+        self.remote(name)?.directory(filter).await
+    }
+
+    /// The handler that serves a peer's requests on an accepted link.
+    pub fn handler(&self) -> Arc<dyn SessionHandler> {
+        self.responder.clone()
+    }
+
+    /// Serves an accepted link.
+    pub fn serve(&self, link: Link) -> Session {
+        Session::start(link, self.responder.clone(), self.ctx.config.limits())
+    }
+
+    /// Stops pushing new batches, waits up to `drain` for in-flight batches to be applied,
+    /// then stops every remote.
+    pub async fn shutdown(&self, drain: Duration) {
+        let remotes: Vec<_> = self.ctx.remotes.read().values().cloned().collect();
+        for r in &remotes {
+            r.begin_drain();
+        }
+        let _ = tokio::time::timeout(drain, async {
+            for r in &remotes {
+                let mut len = r.channel.outbox.watch_len();
+                let _ = len.wait_for(|n| *n == 0).await;
+            }
+        })
+        .await;
+        for r in &remotes {
+            r.stop();
+        }
+        self.tasks.lock().clear();
+        self.responder.close_sessions();
+    }
+}

@@ -1,0 +1,853 @@
+//! One remote: its connection, its pusher and its puller.
+//!
+//! - The connector dials, says `Hello`, publishes the live session and redials with backoff
+//!   when it closes. Connection failures never count against a batch's retries.
+//! - The pusher reads our feed after the outbox cursor in bounded batches, keeps a bounded
+//!   window of them in flight, and moves the cursor only over batches the remote answered
+//!   `Applied` (or that were dead-lettered, which keeps them). Events only wake it.
+//! - The puller registers a listener once, then pulls after the inbox cursor whenever the
+//!   scheduler says, when poked, or at once while the remote has more; the pulled operations
+//!   and the new inbox cursor commit in one transaction.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use url::Url;
+
+use super::responder::Responder;
+use super::state::{DeadLetter, Direction, RemoteRecord, SyncState};
+use super::window::OutboxWindow;
+use super::{ConnectionState, Failure, RemoteConfig, RemoteStatus, SyncContext};
+use crate::channel::{Channel, JobHandle, JobStatus, PullJobHandle};
+use crate::error::{Error, ErrorKind, Result, WireError};
+use crate::events::OperationsWritten;
+use crate::filter::Filter;
+use crate::protocol::{
+    Ack, Directory, Hello, Notification, PROTOCOL_VERSION, Pull, Push, Register, Request,
+    Response, StrandUpdate,
+};
+use crate::queue::JobKind;
+use crate::scheduler::{PullReport, Signal};
+use crate::session::{Reply, Session, SessionHandler};
+use crate::telemetry;
+use crate::transport::parse_url;
+use crate::types::{JobId, Operation, Ordinal, ReactorId, StrandHead};
+
+/// Tasks that are aborted together when the group is dropped.
+#[derive(Debug, Default)]
+pub struct TaskGroup(Vec<JoinHandle<()>>);
+
+impl TaskGroup {
+    /// Spawns a task into the group.
+    pub fn spawn(&mut self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(fut));
+    }
+
+    /// Moves another group's tasks into this one.
+    pub fn extend(&mut self, mut other: TaskGroup) {
+        self.0.append(&mut other.0);
+    }
+}
+
+impl Drop for TaskGroup {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// How a pushed batch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    Applied,
+    DeadLettered,
+    Stopped,
+}
+
+type Delivering = Pin<Box<dyn Future<Output = (JobHandle, Delivery, bool)> + Send>>;
+
+/// The state one remote's tasks share.
+pub(crate) struct RemoteShared {
+    ctx: Arc<SyncContext>,
+    responder: Arc<Responder>,
+    pub(crate) config: RemoteConfig,
+    url: Url,
+    pub(crate) channel: Arc<Channel>,
+    pub(crate) status: watch::Sender<RemoteStatus>,
+    session: watch::Sender<Option<Session>>,
+    pub(crate) wake_push: Notify,
+    pub(crate) wake_pull: Notify,
+    record: Mutex<RemoteRecord>,
+    requeue_tx: mpsc::UnboundedSender<DeadLetter>,
+    stop: watch::Sender<bool>,
+    draining: AtomicBool,
+    inbox_cursor: AtomicU64,
+}
+
+impl fmt::Debug for RemoteShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("name", &self.config.name)
+            .field("url", &self.config.url)
+            .finish()
+    }
+}
+
+/// The handler of sessions we dialled: the peer's requests go to the responder, its pokes wake
+/// our puller.
+struct ClientHandler {
+    responder: Arc<Responder>,
+    remote: std::sync::Weak<RemoteShared>,
+}
+
+#[async_trait]
+impl SessionHandler for ClientHandler {
+    async fn handle(&self, session: &Session, request: Request) -> Result<Response> {
+        self.responder.handle(session, request).await
+    }
+
+    fn notified(&self, _session: &Session, notification: Notification) {
+        let Notification::Poke(_) = notification;
+        if let Some(r) = self.remote.upgrade() {
+            if r.config.mode.pulls() {
+                r.wake_pull.notify_one();
+            }
+        }
+    }
+}
+
+impl RemoteShared {
+    pub(crate) async fn start(
+        ctx: Arc<SyncContext>,
+        responder: Arc<Responder>,
+        record: RemoteRecord,
+    ) -> Result<(Arc<Self>, TaskGroup)> {
+        let config = record.config.clone();
+        let url = parse_url(&config.url)?;
+        let outbox = ctx.state.cursor(&config.name, Direction::Outbox).await?;
+        let inbox = ctx.state.cursor(&config.name, Direction::Inbox).await?;
+        let dead_letters = ctx
+            .state
+            .dead_letters()
+            .await?
+            .iter()
+            .filter(|d| d.remote == config.name)
+            .count();
+        let status = RemoteStatus {
+            name: config.name.to_string(),
+            url: config.url.clone(),
+            mode: config.mode,
+            peer: record.peer.clone(),
+            outbox_cursor: outbox,
+            inbox_cursor: inbox,
+            dead_letters,
+            ..RemoteStatus::default()
+        };
+        let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(RemoteShared {
+            ctx,
+            responder,
+            url,
+            channel: Arc::new(Channel::new()),
+            status: watch::channel(status).0,
+            session: watch::channel(None).0,
+            wake_push: Notify::new(),
+            wake_pull: Notify::new(),
+            record: Mutex::new(record),
+            requeue_tx,
+            stop: watch::channel(false).0,
+            draining: AtomicBool::new(false),
+            inbox_cursor: AtomicU64::new(inbox.0),
+            config,
+        });
+        let mut tasks = TaskGroup::default();
+        tasks.spawn(shared.clone().connect_loop());
+        if shared.config.mode.pushes() {
+            let (cursor_tx, cursor_rx) = watch::channel(outbox);
+            tasks.spawn(shared.clone().push_loop(requeue_rx, cursor_tx));
+            tasks.spawn(shared.clone().save_outbox_cursor(cursor_rx));
+        }
+        if shared.config.mode.pulls() {
+            tasks.spawn(shared.clone().pull_loop());
+        }
+        Ok((shared, tasks))
+    }
+
+    fn name(&self) -> &str {
+        self.config.name.as_str()
+    }
+
+    pub(crate) fn peer(&self) -> Option<ReactorId> {
+        self.record.lock().peer.clone()
+    }
+
+    pub(crate) fn on_written(&self, _written: &OperationsWritten) {
+        if self.config.mode.pushes() {
+            self.wake_push.notify_one();
+        }
+    }
+
+    pub(crate) fn status_now(&self) -> RemoteStatus {
+        let mut s = self.status.borrow().clone();
+        if self.config.mode.pushes() {
+            s.outbox_lag = self.ctx.head().0.saturating_sub(s.outbox_cursor.0);
+        }
+        s
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.send_replace(true);
+        if let Some(s) = self.session.send_replace(None) {
+            s.close();
+        }
+        self.status
+            .send_modify(|s| s.connection = ConnectionState::Stopped);
+        telemetry::connected(self.name(), false);
+    }
+
+    pub(crate) fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn requeue(&self, letter: DeadLetter) -> Result<()> {
+        if !self.config.mode.pushes() {
+            return Err(Error::invalid(format!(
+                "remote {} does not push, so it cannot take a dead letter",
+                self.name()
+            )));
+        }
+        self.requeue_tx
+            .send(letter)
+            .map_err(|_| Error::closed(format!("remote {} is stopped", self.name())))
+    }
+
+    pub(crate) async fn directory(&self, filter: Filter) -> Result<Vec<StrandHead>> {
+        let timeout = self.ctx.config.request_timeout;
+        let session = tokio::time::timeout(timeout, self.wait_session())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("remote {} is not connected", self.name()),
+                )
+            })?;
+        let reply = session
+            .request(&Request::Directory(Directory { filter }), timeout)
+            .await?;
+        match reply.response {
+            Response::Strands(s) => Ok(s.heads),
+            other => Err(unexpected("directory", &other)),
+        }
+    }
+
+    /// The live session, waiting for one; `None` once stopped.
+    async fn wait_session(&self) -> Option<Session> {
+        let mut rx = self.session.subscribe();
+        let mut stop = self.stop.subscribe();
+        loop {
+            if *stop.borrow_and_update() {
+                return None;
+            }
+            if let Some(s) = rx.borrow_and_update().clone() {
+                if !s.is_closed() {
+                    return Some(s);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {}
+                r = rx.changed() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps, returning `false` if stopped first.
+    async fn sleep_or_stop(&self, wait: Duration) -> bool {
+        let mut stop = self.stop.subscribe();
+        if *stop.borrow_and_update() {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    fn succeeded(&self) {
+        let now = self.ctx.now_ms();
+        self.status.send_modify(|s| s.last_success_ms = Some(now));
+    }
+
+    fn failed(&self, e: &Error) {
+        let now = self.ctx.now_ms();
+        self.status.send_modify(|s| {
+            s.last_failure = Some(Failure {
+                at_ms: now,
+                kind: e.kind().as_str().to_owned(),
+                message: e.to_string(),
+            })
+        });
+    }
+
+    // ---- connection -------------------------------------------------------------------------
+
+    async fn connect_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut failures = 0u32;
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            self.status
+                .send_modify(|s| s.connection = ConnectionState::Connecting);
+            let wait = match self.dial().await {
+                Ok(session) => {
+                    failures = 0;
+                    telemetry::connected(self.name(), true);
+                    let peer = session.peer().cloned();
+                    self.status.send_modify(|s| {
+                        s.connection = ConnectionState::Connected;
+                        s.peer = peer;
+                    });
+                    tracing::debug!(remote = self.name(), url = %self.url, "connected");
+                    self.session.send_replace(Some(session.clone()));
+                    self.wake_push.notify_one();
+                    self.wake_pull.notify_one();
+                    tokio::select! {
+                        biased;
+                        _ = stop.changed() => {
+                            session.close();
+                            break;
+                        }
+                        _ = session.closed() => {}
+                    }
+                    self.session.send_replace(None);
+                    telemetry::connected(self.name(), false);
+                    tracing::debug!(remote = self.name(), "disconnected");
+                    // A peer that accepts and drops at once is not redialled in a tight loop.
+                    self.ctx
+                        .config
+                        .reconnect
+                        .backoff(1, self.ctx.entropy.unit())
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = self
+                        .ctx
+                        .config
+                        .reconnect
+                        .backoff(failures, self.ctx.entropy.unit());
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::info!(
+                            remote = self.name(), url = %self.url, attempt = failures,
+                            error = %e, "cannot connect; retrying in {} ms", wait.as_millis()
+                        );
+                    }
+                    self.failed(&e);
+                    self.status.send_modify(|s| {
+                        s.connection = ConnectionState::Backoff {
+                            attempt: failures,
+                            retry_in_ms: wait.as_millis() as u64,
+                            error: e.to_string(),
+                        }
+                    });
+                    wait
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.session.send_replace(None);
+        self.status
+            .send_modify(|s| s.connection = ConnectionState::Stopped);
+    }
+
+    async fn dial(self: &Arc<Self>) -> Result<Session> {
+        let timeout = self.ctx.config.request_timeout;
+        let link = tokio::time::timeout(timeout, self.ctx.transports.connect(&self.url))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("connecting to {} took longer than {timeout:?}", self.url),
+                )
+            })??;
+        let handler = Arc::new(ClientHandler {
+            responder: self.responder.clone(),
+            remote: Arc::downgrade(self),
+        });
+        let session = Session::start(link, handler, self.ctx.config.limits());
+        let hello = Request::Hello(Hello {
+            reactor_id: self.ctx.reactor.clone(),
+            protocol: PROTOCOL_VERSION,
+            credentials: self.config.credentials.clone(),
+            capabilities: Vec::new(),
+        });
+        let result = async {
+            let reply = session.request(&hello, timeout).await?;
+            let Response::Welcome(welcome) = reply.response else {
+                return Err(unexpected("hello", &reply.response));
+            };
+            if welcome.reactor_id == self.ctx.reactor {
+                return Err(Error::invalid(format!(
+                    "remote {} at {} is this reactor itself",
+                    self.name(),
+                    self.url
+                )));
+            }
+            session.set_peer(welcome.reactor_id.clone())?;
+            self.learn_peer(welcome.reactor_id).await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(session),
+            Err(e) => {
+                session.close();
+                Err(e)
+            }
+        }
+    }
+
+    async fn learn_peer(&self, peer: ReactorId) -> Result<()> {
+        let record = {
+            let mut r = self.record.lock();
+            match &r.peer {
+                Some(known) if *known == peer => return Ok(()),
+                Some(known) => {
+                    return Err(Error::invalid(format!(
+                        "remote {} used to be reactor {known} but now answers as {peer}; its \
+                         cursors do not apply to another reactor: remove and add the remote \
+                         again to start over",
+                        self.name()
+                    )));
+                }
+                None => r.peer = Some(peer),
+            }
+            r.clone()
+        };
+        self.ctx.state.put_remote(&record).await
+    }
+
+    // ---- push -------------------------------------------------------------------------------
+
+    async fn save_outbox_cursor(self: Arc<Self>, mut rx: watch::Receiver<Ordinal>) {
+        while rx.changed().await.is_ok() {
+            let at = *rx.borrow_and_update();
+            if let Err(e) = self
+                .ctx
+                .state
+                .set_cursor(&self.config.name, Direction::Outbox, at)
+                .await
+            {
+                // The cursor only lags; the batches after it are sent again and deduplicated.
+                tracing::warn!(remote = self.name(), error = %e, "could not save the outbox cursor");
+            }
+        }
+    }
+
+    fn commit_outbox(&self, at: Ordinal, saver: &watch::Sender<Ordinal>) {
+        self.status.send_modify(|s| s.outbox_cursor = at);
+        saver.send_replace(at);
+        let s = self.status_now();
+        telemetry::lag(self.name(), s.outbox_lag, s.inbox_lag);
+    }
+
+    async fn push_loop(
+        self: Arc<Self>,
+        mut requeue_rx: mpsc::UnboundedReceiver<DeadLetter>,
+        saver: watch::Sender<Ordinal>,
+    ) {
+        let mut stop = self.stop.subscribe();
+        // What counts as an echo depends on who the remote is: learn that before reading.
+        if self.peer().is_none() && self.wait_session().await.is_none() {
+            return;
+        }
+        let filter = self.ctx.read_filter(&self.config.filter, self.peer());
+        let committed = self.status.borrow().outbox_cursor;
+        let mut window = OutboxWindow::new(committed);
+        let mut read_pos = committed;
+        let mut inflight: FuturesUnordered<Delivering> = FuturesUnordered::new();
+        let batch = self.ctx.config.push_batch_ops;
+        let max_in_flight = self.ctx.config.push_window;
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            let mut read_failed = false;
+            while !self.draining.load(Ordering::SeqCst) && inflight.len() < max_in_flight {
+                let page = match self.ctx.store.read_since(read_pos, batch, &filter).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(remote = self.name(), error = %e, "reading the feed failed");
+                        self.failed(&e);
+                        read_failed = true;
+                        break;
+                    }
+                };
+                if page.scanned_to <= read_pos {
+                    break;
+                }
+                let (from, to) = (read_pos, page.scanned_to);
+                read_pos = to;
+                if page.ops.is_empty() {
+                    if let Some(c) = window.skip(from, to) {
+                        self.commit_outbox(c, &saver);
+                    }
+                    continue;
+                }
+                window.open(from, to);
+                let ops: Vec<Arc<Operation>> = page.ops.into_iter().map(|s| s.op).collect();
+                let handle = JobHandle::new(self.ctx.entropy.job_id(), ops, (from, to));
+                self.channel.outbox.push(handle.clone());
+                inflight.push(Box::pin(self.clone().deliver(handle, false)));
+            }
+            let n = inflight.len();
+            self.status.send_if_modified(|s| {
+                let changed = s.in_flight != n;
+                s.in_flight = n;
+                changed
+            });
+            let retry_read = if read_failed {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(86_400)
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Some((handle, delivery, requeued)) = inflight.next(), if !inflight.is_empty() => {
+                    self.channel.outbox.remove(&handle);
+                    if !requeued && delivery != Delivery::Stopped {
+                        if let Some(c) = window.finish(handle.range().0) {
+                            self.commit_outbox(c, &saver);
+                        }
+                    }
+                }
+                Some(letter) = requeue_rx.recv() => {
+                    let id = letter.id.parse::<JobId>().unwrap_or_else(|_| self.ctx.entropy.job_id());
+                    let ops = letter.operations.into_iter().map(Arc::new).collect();
+                    let handle = JobHandle::new(id, ops, letter.range);
+                    self.channel.outbox.push(handle.clone());
+                    inflight.push(Box::pin(self.clone().deliver(handle, true)));
+                }
+                _ = self.wake_push.notified() => {}
+                _ = tokio::time::sleep(retry_read), if read_failed => {}
+            }
+        }
+    }
+
+    /// Pushes one batch until it is applied, dead-lettered, or the remote stops.
+    async fn deliver(self: Arc<Self>, handle: JobHandle, requeued: bool) -> (JobHandle, Delivery, bool) {
+        let _ = handle.advance(JobStatus::TransportPending);
+        let request = Request::Push(Push {
+            job_id: handle.id(),
+            strands: StrandUpdate::group(handle.operations()),
+        });
+        let n = handle.operations().len();
+        let timeout = self.ctx.config.request_timeout;
+        let policy = self.ctx.config.retry;
+        let mut attempts = 0u32;
+        let error = loop {
+            let Some(session) = self.wait_session().await else {
+                return (handle, Delivery::Stopped, requeued);
+            };
+            let started = Instant::now();
+            let err = match session.request(&request, timeout).await {
+                Ok(Reply {
+                    response: Response::Pushed(_),
+                    request_bytes,
+                    ..
+                }) => {
+                    let rtt = started.elapsed();
+                    let _ = handle.advance(JobStatus::Applied);
+                    telemetry::push_done(self.name(), n, request_bytes, "applied", rtt);
+                    self.ctx.scheduler.observe(
+                        Some(self.name()),
+                        &Signal::PushSent { ok: true, ops: n, rtt },
+                    );
+                    self.succeeded();
+                    if requeued {
+                        self.forget_dead_letter(&handle).await;
+                    }
+                    return (handle, Delivery::Applied, requeued);
+                }
+                Ok(reply) => unexpected("push", &reply.response),
+                Err(e) => e,
+            };
+            self.failed(&err);
+            self.ctx.scheduler.observe(
+                Some(self.name()),
+                &Signal::PushSent {
+                    ok: false,
+                    ops: n,
+                    rtt: started.elapsed(),
+                },
+            );
+            if !err.is_retryable() {
+                break err;
+            }
+            // A closed session is the connector's business; only failures on a live session
+            // count against the batch.
+            if err.kind() != ErrorKind::Closed {
+                attempts += 1;
+            }
+            if policy.exhausted(attempts) {
+                break Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "ChannelNetworkError: batch {} ({n} operations) to remote {} failed \
+                         {attempts} times; last error: {err}",
+                        handle.id(),
+                        self.name()
+                    ),
+                );
+            }
+            telemetry::retry(self.name(), "push");
+            let wait = policy.backoff(attempts.max(1), self.ctx.entropy.unit());
+            if !self.sleep_or_stop(wait).await {
+                return (handle, Delivery::Stopped, requeued);
+            }
+        };
+        telemetry::push_done(self.name(), n, 0, "dead_letter", Duration::ZERO);
+        let letter = DeadLetter {
+            id: handle.id().to_string(),
+            remote: self.config.name.clone(),
+            range: handle.range(),
+            operations: handle.operations().iter().map(|o| (**o).clone()).collect(),
+            error: WireError::from(&error),
+            attempts,
+            failed_at_ms: self.ctx.now_ms(),
+        };
+        // The window may only pass the batch once the dead letter keeps it.
+        loop {
+            match self.ctx.state.put_dead_letter(&letter).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(remote = self.name(), error = %e, "could not store a dead letter");
+                    if !self.sleep_or_stop(Duration::from_secs(1)).await {
+                        return (handle, Delivery::Stopped, requeued);
+                    }
+                }
+            }
+        }
+        telemetry::dead_letter(self.name());
+        tracing::warn!(
+            remote = self.name(), job = %handle.id(), operations = n, error = %error,
+            "batch dead-lettered"
+        );
+        if !requeued {
+            self.status.send_modify(|s| s.dead_letters += 1);
+        }
+        handle.fail(error);
+        (handle, Delivery::DeadLettered, requeued)
+    }
+
+    async fn forget_dead_letter(&self, handle: &JobHandle) {
+        match self.ctx.state.delete_dead_letter(&handle.id().to_string()).await {
+            Ok(()) => self
+                .status
+                .send_modify(|s| s.dead_letters = s.dead_letters.saturating_sub(1)),
+            Err(e) => tracing::warn!(error = %e, "could not delete a delivered dead letter"),
+        }
+    }
+
+    // ---- pull -------------------------------------------------------------------------------
+
+    async fn pull_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let Some(session) = self.wait_session().await else {
+                return;
+            };
+            let report = match self.pull_once(&session).await {
+                Ok(report) => report,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // The responder forgot our listener (its store was reset): register again.
+                    tracing::info!(remote = self.name(), error = %e, "registering again");
+                    self.record.lock().listener_id = None;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(remote = self.name(), error = %e, "pull failed");
+                    self.failed(&e);
+                    telemetry::pull_done(self.name(), 0, 0, false, Duration::ZERO);
+                    if e.is_retryable() {
+                        telemetry::retry(self.name(), "pull");
+                    }
+                    PullReport::default()
+                }
+            };
+            let wait = self
+                .ctx
+                .scheduler
+                .next_pull(self.name(), &report, self.ctx.entropy.unit());
+            let ms = wait.as_millis() as u64;
+            self.status.send_if_modified(|s| {
+                let changed = s.pull_interval_ms != ms;
+                s.pull_interval_ms = ms;
+                changed
+            });
+            telemetry::pull_interval(self.name(), wait);
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                _ = self.wake_pull.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn ensure_listener(&self, session: &Session) -> Result<String> {
+        if let Some(id) = self.record.lock().listener_id.clone() {
+            return Ok(id);
+        }
+        let since = Ordinal(self.inbox_cursor.load(Ordering::SeqCst));
+        let request = Request::Register(Register {
+            filter: self.config.filter.clone(),
+            since,
+        });
+        let reply = session
+            .request(&request, self.ctx.config.request_timeout)
+            .await?;
+        let Response::Registered(registered) = reply.response else {
+            return Err(unexpected("register", &reply.response));
+        };
+        let record = {
+            let mut r = self.record.lock();
+            r.listener_id = Some(registered.listener_id.clone());
+            r.clone()
+        };
+        self.ctx.state.put_remote(&record).await?;
+        Ok(registered.listener_id)
+    }
+
+    async fn pull_once(&self, session: &Session) -> Result<PullReport> {
+        let listener_id = self.ensure_listener(session).await?;
+        let peer = session
+            .peer()
+            .cloned()
+            .ok_or_else(|| Error::internal("a welcomed session has no peer"))?;
+        let cursor = Ordinal(self.inbox_cursor.load(Ordering::SeqCst));
+        let mut seq = 0;
+        self.status.send_modify(|s| {
+            s.pulls += 1;
+            seq = s.pulls;
+        });
+        let timeout = self.ctx.config.request_timeout;
+        let started = Instant::now();
+        let request = Request::Pull(Pull {
+            listener_id: listener_id.clone(),
+            cursor,
+            limit: self.ctx.config.pull_batch_ops as u32,
+            push: None,
+        });
+        let reply = session.request(&request, timeout).await?;
+        let rtt = started.elapsed();
+        let Response::Pulled(pulled) = reply.response else {
+            return Err(unexpected("pull", &reply.response));
+        };
+        if pulled.cursor < cursor {
+            return Err(Error::malformed(format!(
+                "remote {} moved the cursor back from {cursor} to {}",
+                self.name(),
+                pulled.cursor
+            )));
+        }
+        let ops = StrandUpdate::into_operations(pulled.strands);
+        let n = ops.len();
+        let ops = self.ctx.verify_incoming(ops, &peer, false)?;
+        let handle = PullJobHandle::new(self.ctx.entropy.job_id(), ops.clone(), (cursor, pulled.cursor));
+        let _ = handle.started();
+        let _ = handle.transported();
+        self.channel.inbox.push(handle.clone());
+        let applied = async {
+            if pulled.cursor > cursor {
+                let ticket = self
+                    .ctx
+                    .queue
+                    .enqueue(
+                        handle.id(),
+                        JobKind::Apply {
+                            ops,
+                            source: peer.clone(),
+                            meta: vec![SyncState::cursor_write(
+                                &self.config.name,
+                                Direction::Inbox,
+                                pulled.cursor,
+                            )],
+                        },
+                    )
+                    .await?;
+                ticket.wait().await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = applied {
+            handle.failed(e.clone());
+            self.channel.inbox.remove(&handle);
+            return Err(e);
+        }
+        let _ = handle.executed();
+        self.channel.inbox.remove(&handle);
+        self.inbox_cursor.store(pulled.cursor.0, Ordering::SeqCst);
+        telemetry::pull_done(self.name(), n, reply.response_bytes, true, rtt);
+        let now = self.ctx.now_ms();
+        self.status.send_modify(|s| {
+            s.inbox_cursor = pulled.cursor;
+            s.inbox_lag = pulled.head.0.saturating_sub(pulled.cursor.0);
+            if !pulled.has_more {
+                s.last_caught_up_pull = seq;
+            }
+            s.last_success_ms = Some(now);
+        });
+        if pulled.cursor > cursor {
+            // Seed 004's acknowledgeStrands: tell the responder how far we durably applied.
+            let ack = Request::Ack(Ack {
+                listener_id,
+                cursor: pulled.cursor,
+            });
+            if let Err(e) = session.request(&ack, timeout).await {
+                tracing::debug!(remote = self.name(), error = %e, "ack failed");
+            }
+        }
+        Ok(PullReport {
+            ok: true,
+            ops: n,
+            bytes: reply.response_bytes,
+            has_more: pulled.has_more,
+            rtt,
+        })
+    }
+}
+
+fn unexpected(what: &str, response: &Response) -> Error {
+    Error::malformed(format!(
+        "the peer answered a {what} request with a {} response",
+        response.message_type().route()
+    ))
+}

@@ -1,0 +1,397 @@
+//! The responder: serves peers' requests (seed 004's pull responder and push receiver) and
+//! pokes listening peers when new operations are written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::remote::TaskGroup;
+use super::state::ListenerRecord;
+use super::{ListenerStatus, SyncContext};
+use crate::channel::JobStatus;
+use crate::error::{Error, ErrorKind, Result, WireError};
+use crate::events::Event;
+use crate::protocol::{
+    Ack, Acked, Directory, Hello, Notification, PROTOCOL_VERSION, Poke, Pull, Pulled, Push,
+    PushResult, Pushed, Register, Registered, Request, Response, StrandUpdate, Strands, Welcome,
+};
+use crate::queue::{JobKind, JobOutput};
+use crate::scheduler::Signal;
+use crate::session::{Session, SessionHandler};
+use crate::types::{Operation, Ordinal, ReactorId};
+
+#[derive(Debug, Default)]
+struct PokeState {
+    /// Sources of operations written since the poker last ran (`None` = local).
+    sources: Mutex<Vec<Option<ReactorId>>>,
+    wake: Notify,
+}
+
+/// Serves peers.
+#[derive(Debug)]
+pub(crate) struct Responder {
+    ctx: Arc<SyncContext>,
+    listeners: Mutex<HashMap<String, ListenerRecord>>,
+    sessions: Mutex<Vec<Session>>,
+    poke: Arc<PokeState>,
+}
+
+impl SyncContext {
+    /// Checks received operations: batch size, hashes, clock plausibility and (for pushes)
+    /// the peer's right to change each strand. Operations in private scopes are dropped: they
+    /// are never synced, whichever side is misconfigured. Folds the newest timestamp into the
+    /// HLC.
+    pub(crate) fn verify_incoming(
+        &self,
+        ops: Vec<Operation>,
+        peer: &ReactorId,
+        check_write: bool,
+    ) -> Result<Vec<Arc<Operation>>> {
+        if ops.len() > self.config.max_batch_ops {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "a batch of {} operations exceeds the limit of {}",
+                    ops.len(),
+                    self.config.max_batch_ops
+                ),
+            ));
+        }
+        let mut newest = None;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            if self.private_scopes.iter().any(|s| s == op.scope.as_str()) {
+                tracing::debug!(op = %op.id, scope = %op.scope, "dropped an operation in a private scope");
+                continue;
+            }
+            op.verify()?;
+            self.hlc.check(op.action.timestamp)?;
+            if check_write && !self.permissions.can_write(peer, &op) {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "reactor {peer} may not change {}/{}@{}",
+                        op.document_id, op.scope, op.branch
+                    ),
+                ));
+            }
+            if newest.is_none_or(|t| op.action.timestamp > t) {
+                newest = Some(op.action.timestamp);
+            }
+            out.push(Arc::new(op));
+        }
+        if let Some(t) = newest {
+            self.hlc.observe(t);
+        }
+        Ok(out)
+    }
+}
+
+impl Responder {
+    pub(crate) async fn start(ctx: Arc<SyncContext>) -> Result<(Arc<Self>, TaskGroup)> {
+        let listeners = ctx
+            .state
+            .listeners()
+            .await?
+            .into_iter()
+            .map(|l| (l.id.clone(), l))
+            .collect();
+        let poke = Arc::new(PokeState::default());
+        let p = poke.clone();
+        ctx.bus.on(move |event| {
+            let Event::OperationsWritten(w) = event else {
+                return;
+            };
+            {
+                let mut sources = p.sources.lock();
+                for s in w.sources() {
+                    if !sources.contains(&s) {
+                        sources.push(s);
+                    }
+                }
+            }
+            p.wake.notify_one();
+        });
+        let responder = Arc::new(Responder {
+            ctx,
+            listeners: Mutex::new(listeners),
+            sessions: Mutex::new(Vec::new()),
+            poke,
+        });
+        let mut tasks = TaskGroup::default();
+        tasks.spawn(responder.clone().poke_loop());
+        Ok((responder, tasks))
+    }
+
+    pub(crate) fn listener_status(&self, head: Ordinal) -> Vec<ListenerStatus> {
+        let mut out: Vec<_> = self
+            .listeners
+            .lock()
+            .values()
+            .map(|l| ListenerStatus {
+                id: l.id.clone(),
+                peer: l.peer.clone(),
+                cursor: l.cursor,
+                lag: head.0.saturating_sub(l.cursor.0),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub(crate) fn close_sessions(&self) {
+        let sessions = std::mem::take(&mut *self.sessions.lock());
+        for s in sessions {
+            s.close();
+        }
+    }
+
+    /// Tells listening peers that something new is there, at most one outstanding poke per
+    /// session, and never about operations that came from that peer.
+    async fn poke_loop(self: Arc<Self>) {
+        loop {
+            self.poke.wake.notified().await;
+            let sources = std::mem::take(&mut *self.poke.sources.lock());
+            let head = self.ctx.head();
+            let sessions: Vec<Session> = {
+                let mut s = self.sessions.lock();
+                s.retain(|x| !x.is_closed());
+                s.clone()
+            };
+            for s in sessions {
+                if !s.info().duplex {
+                    continue;
+                }
+                let Some(peer) = s.peer().cloned() else {
+                    continue;
+                };
+                if !sources.iter().any(|src| src.as_ref() != Some(&peer)) {
+                    continue;
+                }
+                {
+                    let mut st = s.responder_state();
+                    if st.poke_pending || st.listeners.is_empty() {
+                        continue;
+                    }
+                    st.poke_pending = true;
+                }
+                if let Err(e) = s.notify(Notification::Poke(Poke { head })).await {
+                    tracing::debug!(peer = %peer, error = %e, "poke failed");
+                }
+            }
+        }
+    }
+
+    fn remember(&self, session: &Session) {
+        let mut s = self.sessions.lock();
+        if !s.iter().any(|x| x.id() == session.id()) {
+            s.push(session.clone());
+        }
+    }
+
+    fn hello(&self, session: &Session, hello: Hello) -> Result<Response> {
+        if hello.protocol < PROTOCOL_VERSION {
+            return Err(Error::new(
+                ErrorKind::ProtocolVersion,
+                format!(
+                    "reactor {} speaks protocol version {} at most; this node needs {PROTOCOL_VERSION}",
+                    hello.reactor_id, hello.protocol
+                ),
+            ));
+        }
+        if hello.reactor_id == self.ctx.reactor {
+            return Err(Error::invalid(format!(
+                "reactor {} connected to itself",
+                hello.reactor_id
+            )));
+        }
+        self.ctx
+            .permissions
+            .authenticate(&hello.reactor_id, hello.credentials.as_deref())?;
+        session.set_peer(hello.reactor_id)?;
+        self.remember(session);
+        Ok(Response::Welcome(Welcome {
+            reactor_id: self.ctx.reactor.clone(),
+            session: format!("{:016x}", self.ctx.entropy.next_u64()),
+            protocol: PROTOCOL_VERSION,
+        }))
+    }
+
+    fn listener(&self, id: &str, peer: &ReactorId) -> Result<ListenerRecord> {
+        let l = self.listeners.lock().get(id).cloned().ok_or_else(|| {
+            Error::not_found(format!("unknown listener {id:?}; register again"))
+        })?;
+        if &l.peer != peer {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("listener {id:?} belongs to reactor {}, not {peer}", l.peer),
+            ));
+        }
+        Ok(l)
+    }
+
+    fn attach_listener(&self, session: &Session, id: &str) {
+        self.remember(session);
+        let mut st = session.responder_state();
+        if !st.listeners.iter().any(|l| l == id) {
+            st.listeners.push(id.to_owned());
+        }
+    }
+
+    async fn register(&self, session: &Session, peer: ReactorId, r: Register) -> Result<Response> {
+        r.filter.validate()?;
+        let record = ListenerRecord {
+            id: self.ctx.entropy.job_id().to_string(),
+            peer,
+            filter: r.filter,
+            cursor: r.since,
+            created_ms: self.ctx.now_ms(),
+        };
+        self.ctx.state.put_listener(&record).await?;
+        let id = record.id.clone();
+        self.listeners.lock().insert(id.clone(), record);
+        self.attach_listener(session, &id);
+        Ok(Response::Registered(Registered { listener_id: id }))
+    }
+
+    async fn pull(&self, session: &Session, peer: ReactorId, p: Pull) -> Result<Response> {
+        let push_result = match p.push {
+            Some(push) => Some(match self.push(peer.clone(), push).await {
+                Ok(Response::Pushed(pushed)) => PushResult::Ok(pushed),
+                Ok(_) => PushResult::Err(WireError::from(&Error::internal("push gave no result"))),
+                Err(e) => PushResult::Err(WireError::from(&e)),
+            }),
+            None => None,
+        };
+        let listener = self.listener(&p.listener_id, &peer)?;
+        self.attach_listener(session, &listener.id);
+        // Anything written after this point pokes the peer again.
+        session.responder_state().poke_pending = false;
+        let limit = (p.limit as usize).clamp(1, self.ctx.config.max_batch_ops);
+        let filter = self.ctx.read_filter(&listener.filter, Some(peer.clone()));
+        let page = self.ctx.store.read_since(p.cursor, limit, &filter).await?;
+        let visible: Vec<Arc<Operation>> = page
+            .ops
+            .into_iter()
+            .filter(|s| self.ctx.permissions.can_read(&peer, &s.op))
+            .map(|s| s.op)
+            .collect();
+        Ok(Response::Pulled(Pulled {
+            strands: StrandUpdate::group(&visible),
+            cursor: page.scanned_to,
+            head: page.head,
+            has_more: page.scanned_to < page.head,
+            push_result,
+        }))
+    }
+
+    async fn ack(&self, peer: ReactorId, a: Ack) -> Result<Response> {
+        let mut listener = self.listener(&a.listener_id, &peer)?;
+        if a.cursor > listener.cursor {
+            listener.cursor = a.cursor;
+            self.ctx.state.put_listener(&listener).await?;
+            let mut map = self.listeners.lock();
+            if let Some(l) = map.get_mut(&a.listener_id) {
+                l.cursor = l.cursor.max(a.cursor);
+            }
+        }
+        Ok(Response::Acked(Acked {}))
+    }
+
+    async fn push(&self, peer: ReactorId, p: Push) -> Result<Response> {
+        let ops = StrandUpdate::into_operations(p.strands);
+        let n = ops.len();
+        let ops = self.ctx.verify_incoming(ops, &peer, true)?;
+        for r in self.ctx.remotes_of(&peer) {
+            self.ctx.scheduler.observe(
+                Some(r.config.name.as_str()),
+                &Signal::PushReceived { ops: n },
+            );
+        }
+        let summary = if ops.is_empty() {
+            Default::default()
+        } else {
+            let ticket = self
+                .ctx
+                .queue
+                .enqueue(
+                    p.job_id,
+                    JobKind::Apply {
+                        ops,
+                        source: peer,
+                        meta: Vec::new(),
+                    },
+                )
+                .await?;
+            match ticket.wait().await? {
+                JobOutput::Applied(s) => s,
+                JobOutput::Submitted(_) => {
+                    return Err(Error::internal("an apply job returned a submission result"));
+                }
+            }
+        };
+        Ok(Response::Pushed(Pushed {
+            job_id: p.job_id,
+            status: JobStatus::Applied,
+            applied: summary.new as u32,
+            duplicates: summary.duplicates as u32,
+            head: summary.head,
+        }))
+    }
+
+    async fn directory(&self, peer: ReactorId, d: Directory) -> Result<Response> {
+        d.filter.validate()?;
+        let heads = self
+            .ctx
+            .store
+            .heads()
+            .await?
+            .into_iter()
+            .filter(|h| {
+                d.filter.matches_head(h)
+                    && !self
+                        .ctx
+                        .private_scopes
+                        .iter()
+                        .any(|s| s == h.strand.scope.as_str())
+                    && self.ctx.permissions.can_discover(&peer, h)
+            })
+            .collect();
+        Ok(Response::Strands(Strands { heads }))
+    }
+}
+
+#[async_trait]
+impl SessionHandler for Responder {
+    async fn handle(&self, session: &Session, request: Request) -> Result<Response> {
+        let request = match request {
+            Request::Hello(h) => return self.hello(session, h),
+            other => other,
+        };
+        let peer = session.peer().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unauthenticated,
+                "the session has not said hello; send a hello request first",
+            )
+        })?;
+        match request {
+            Request::Hello(_) => unreachable!("handled above"),
+            Request::Register(r) => self.register(session, peer, r).await,
+            Request::Pull(p) => self.pull(session, peer, p).await,
+            Request::Ack(a) => self.ack(peer, a).await,
+            Request::Push(p) => self.push(peer, p).await,
+            Request::Directory(d) => self.directory(peer, d).await,
+        }
+    }
+
+    fn notified(&self, _session: &Session, _notification: Notification) {
+        // Pokes only matter on sessions we dialled (see the client handler).
+    }
+
+    fn closed(&self, session: &Session) {
+        self.sessions.lock().retain(|s| s.id() != session.id());
+    }
+}

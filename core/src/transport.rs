@@ -1,0 +1,149 @@
+//! The transport traits: links that move frames, dialled and accepted by URL scheme.
+//!
+//! A transport knows nothing of operations, cursors or retries: it connects to a URL, accepts
+//! connections, and moves whole frames (byte buffers) both ways. Everything else lives in the
+//! session and the sync manager and is shared by all transports.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use url::Url;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::Codec;
+
+/// Facts about a link.
+#[derive(Clone, Debug)]
+pub struct LinkInfo {
+    /// The transport's scheme (`mem`, `http`, `ws`, ...).
+    pub transport: &'static str,
+    /// The peer's address, for logs.
+    pub peer: String,
+    /// Whether the responder may send requests and notifications on its own (not HTTP).
+    pub duplex: bool,
+    /// The encoding to send with.
+    pub codec: Codec,
+}
+
+/// The sending half of a link.
+#[async_trait]
+pub trait FrameSender: Send + Sync + fmt::Debug {
+    /// Sends one frame; it may be queued. Fails with `Closed` once the link is closed.
+    async fn send(&self, frame: Bytes) -> Result<()>;
+
+    /// Closes the link; the peer's receiver ends.
+    fn close(&self);
+}
+
+/// The receiving half of a link.
+#[async_trait]
+pub trait FrameReceiver: Send + fmt::Debug {
+    /// The next frame; `None` once the link is closed. An `Err` reports a frame the transport
+    /// refused (for example one over its size limit); the link may still be usable.
+    async fn recv(&mut self) -> Option<Result<Bytes>>;
+}
+
+/// A connection that moves frames both ways.
+#[derive(Debug)]
+pub struct Link {
+    /// Sends frames.
+    pub sender: Arc<dyn FrameSender>,
+    /// Receives frames.
+    pub receiver: Box<dyn FrameReceiver>,
+    /// Facts about it.
+    pub info: LinkInfo,
+}
+
+/// Accepts incoming links.
+#[async_trait]
+pub trait Acceptor: Send + fmt::Debug {
+    /// The next incoming link.
+    async fn accept(&mut self) -> Result<Link>;
+
+    /// The URL peers dial to reach this acceptor (with the real port if 0 was asked for).
+    fn local_url(&self) -> Url;
+}
+
+/// A transport: dials and accepts links for its URL schemes.
+#[async_trait]
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// The URL schemes it handles.
+    fn schemes(&self) -> Vec<&'static str>;
+
+    /// Dials a link.
+    async fn connect(&self, url: &Url) -> Result<Link>;
+
+    /// Listens for links. Transports whose server is mounted elsewhere (HTTP, WebSocket on the
+    /// node's axum server) refuse.
+    async fn listen(&self, url: &Url) -> Result<Box<dyn Acceptor>> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the {} transport cannot listen on {url} by itself; it is served by the node",
+                url.scheme()
+            ),
+        ))
+    }
+}
+
+/// The transports a reactor can use, by scheme.
+#[derive(Clone, Debug, Default)]
+pub struct TransportRegistry {
+    by_scheme: BTreeMap<String, Arc<dyn Transport>>,
+}
+
+impl TransportRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        TransportRegistry::default()
+    }
+
+    /// Registers a transport for all its schemes.
+    pub fn register(&mut self, transport: Arc<dyn Transport>) {
+        for s in transport.schemes() {
+            self.by_scheme.insert(s.to_owned(), transport.clone());
+        }
+    }
+
+    /// The registered schemes.
+    pub fn schemes(&self) -> Vec<String> {
+        self.by_scheme.keys().cloned().collect()
+    }
+
+    /// The transport for a URL.
+    pub fn for_url(&self, url: &Url) -> Result<&Arc<dyn Transport>> {
+        self.by_scheme.get(url.scheme()).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "no transport for {url}: the scheme {:?} is not compiled in or not loaded \
+                     (known schemes: {})",
+                    url.scheme(),
+                    if self.by_scheme.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.schemes().join(", ")
+                    }
+                ),
+            )
+        })
+    }
+
+    /// Dials a URL with the transport for its scheme.
+    pub async fn connect(&self, url: &Url) -> Result<Link> {
+        self.for_url(url)?.connect(url).await
+    }
+
+    /// Listens on a URL with the transport for its scheme.
+    pub async fn listen(&self, url: &Url) -> Result<Box<dyn Acceptor>> {
+        self.for_url(url)?.listen(url).await
+    }
+}
+
+/// Parses a remote or listen URL with a clear error.
+pub fn parse_url(s: &str) -> Result<Url> {
+    Url::parse(s).map_err(|e| Error::invalid(format!("{s:?} is not a valid URL: {e}")))
+}

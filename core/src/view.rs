@@ -1,0 +1,294 @@
+//! The document view: the read model of each strand (state, revision, canonical op list).
+//!
+//! Views are computed lazily from the store's canonical order and cached with snapshots every
+//! few hundred operations. Writes only mark a cached strand dirty from the smallest sort key they
+//! added; the next read folds forward from the last snapshot before that key. So an operation
+//! that arrives late and sorts before the tail costs a replay from the nearest snapshot, not
+//! from the start of the strand.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clock::Hlc;
+use crate::error::Result;
+use crate::events::{Event, EventBus};
+use crate::model::ModelRegistry;
+use crate::store::DynStore;
+use crate::types::{ActionType, DocumentType, OpId, ReactorId, SortKey, StrandId};
+
+/// Operations folded per store read.
+const PAGE: usize = 4096;
+
+/// A strand's state as the view computed it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DocumentState {
+    /// The strand.
+    pub strand: StrandId,
+    /// Its document type (`None` for a strand with no operations).
+    pub document_type: Option<DocumentType>,
+    /// The state after folding every operation in canonical order.
+    pub state: Value,
+    /// Number of operations folded.
+    pub revision: u64,
+    /// Number of operations that errored (no effect).
+    pub errored: u64,
+}
+
+/// One operation of a strand as the view lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ViewOp {
+    /// Position in the canonical order, from 0.
+    pub index: u64,
+    /// The op id.
+    pub id: OpId,
+    /// Its HLC time.
+    pub timestamp: Hlc,
+    /// The action type.
+    #[serde(rename = "type")]
+    pub action_type: ActionType,
+    /// The action input.
+    pub input: Value,
+    /// The reactor that created it.
+    pub origin: ReactorId,
+    /// Why it had no effect, if it errored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Snapshot {
+    len: u64,
+    last: SortKey,
+    state: Value,
+    errored: u64,
+}
+
+#[derive(Debug)]
+struct Cached {
+    document_type: Option<DocumentType>,
+    state: Value,
+    len: u64,
+    last: Option<SortKey>,
+    errors: BTreeMap<SortKey, String>,
+    snapshots: Vec<Snapshot>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// Per cached strand: the smallest sort key written since the last refresh.
+type Dirty = Arc<Mutex<HashMap<StrandId, Option<SortKey>>>>;
+
+/// The read model of all strands.
+#[derive(Debug)]
+pub struct DocumentView {
+    store: DynStore,
+    models: Arc<ModelRegistry>,
+    slots: Mutex<HashMap<StrandId, Slot>>,
+    dirty: Dirty,
+    snapshot_every: u64,
+    max_cached: usize,
+}
+
+impl DocumentView {
+    /// A view over `store`, subscribed to `bus` for dirty marks.
+    pub fn new(
+        store: DynStore,
+        models: Arc<ModelRegistry>,
+        bus: &EventBus,
+        snapshot_every: u64,
+        max_cached: usize,
+    ) -> Self {
+        let dirty: Dirty = Arc::default();
+        let d = dirty.clone();
+        bus.on(move |event| {
+            let Event::OperationsWritten(w) = event else {
+                return;
+            };
+            let mut map = d.lock();
+            if map.is_empty() {
+                return;
+            }
+            for stored in &w.ops {
+                let op = &stored.op;
+                // Consecutive operations mostly share a strand; look each strand up once.
+                if let Some(mark) = map.get_mut(&op.strand()) {
+                    let key = op.sort_key();
+                    if mark.is_none_or(|m| key < m) {
+                        *mark = Some(key);
+                    }
+                }
+            }
+        });
+        DocumentView {
+            store,
+            models,
+            slots: Mutex::new(HashMap::new()),
+            dirty,
+            snapshot_every: snapshot_every.max(1),
+            max_cached: max_cached.max(1),
+        }
+    }
+
+    fn slot(&self, strand: &StrandId) -> Slot {
+        let mut slots = self.slots.lock();
+        if let Some(s) = slots.get(strand) {
+            return s.clone();
+        }
+        if slots.len() >= self.max_cached {
+            if let Some(victim) = slots.keys().next().cloned() {
+                slots.remove(&victim);
+                self.dirty.lock().remove(&victim);
+            }
+        }
+        let s: Slot = Arc::default();
+        slots.insert(strand.clone(), s.clone());
+        s
+    }
+
+    async fn refresh(&self, strand: &StrandId, cached: &mut Option<Cached>) -> Result<()> {
+        // Register for dirty marks before reading, and take the mark: any write that commits
+        // after this point marks the strand again for the next read.
+        let mark = {
+            let mut d = self.dirty.lock();
+            d.insert(strand.clone(), None).flatten()
+        };
+        let c = cached.get_or_insert_with(|| Cached {
+            document_type: None,
+            state: Value::Null,
+            len: 0,
+            last: None,
+            errors: BTreeMap::new(),
+            snapshots: Vec::new(),
+        });
+        if let (Some(m), Some(last)) = (mark, c.last) {
+            if m <= last {
+                rollback(c, m);
+            }
+        }
+        loop {
+            let ops = self.store.read_strand(strand, c.last, PAGE).await?;
+            if ops.is_empty() {
+                break;
+            }
+            for op in &ops {
+                if c.document_type.is_none() {
+                    c.document_type = Some(op.document_type.clone());
+                }
+                if c.len == 0 && c.state.is_null() {
+                    c.state = self
+                        .models
+                        .get(&op.document_type)
+                        .map(|m| m.initial_state())
+                        .unwrap_or(Value::Object(Default::default()));
+                }
+                let key = op.sort_key();
+                let result = match self.models.get(&op.document_type) {
+                    Ok(model) => match op.action.input.to_value() {
+                        Ok(input) => {
+                            model.apply(&mut c.state, op.action.action_type.as_str(), &input)
+                        }
+                        Err(e) => Err(e.message().to_owned()),
+                    },
+                    Err(e) => Err(e.message().to_owned()),
+                };
+                if let Err(msg) = result {
+                    c.errors.insert(key, msg);
+                }
+                c.len += 1;
+                c.last = Some(key);
+                if c.len % self.snapshot_every == 0 {
+                    c.snapshots.push(Snapshot {
+                        len: c.len,
+                        last: key,
+                        state: c.state.clone(),
+                        errored: c.errors.len() as u64,
+                    });
+                }
+            }
+            if ops.len() < PAGE {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current state of a strand.
+    pub async fn state(&self, strand: &StrandId) -> Result<DocumentState> {
+        let slot = self.slot(strand);
+        let mut guard = slot.lock().await;
+        self.refresh(strand, &mut guard).await?;
+        let c = guard.as_ref().expect("refresh fills the slot");
+        let state = if c.len == 0 {
+            Value::Object(Default::default())
+        } else {
+            c.state.clone()
+        };
+        Ok(DocumentState {
+            strand: strand.clone(),
+            document_type: c.document_type.clone(),
+            state,
+            revision: c.len,
+            errored: c.errors.len() as u64,
+        })
+    }
+
+    /// A strand's operations in canonical order, each with its error if it had no effect.
+    pub async fn operations(&self, strand: &StrandId) -> Result<Vec<ViewOp>> {
+        let slot = self.slot(strand);
+        let mut guard = slot.lock().await;
+        self.refresh(strand, &mut guard).await?;
+        let c = guard.as_ref().expect("refresh fills the slot");
+        let mut out = Vec::with_capacity(c.len as usize);
+        let mut after = None;
+        loop {
+            let ops = self.store.read_strand(strand, after, PAGE).await?;
+            for op in &ops {
+                let key = op.sort_key();
+                // Stop at what the cached fold covers, so list and state agree.
+                if c.last.is_none_or(|l| key > l) {
+                    return Ok(out);
+                }
+                out.push(ViewOp {
+                    index: out.len() as u64,
+                    id: op.id,
+                    timestamp: op.action.timestamp,
+                    action_type: op.action.action_type.clone(),
+                    input: op.action.input.to_value().unwrap_or(Value::Null),
+                    origin: op.origin.clone(),
+                    error: c.errors.get(&key).cloned(),
+                });
+                after = Some(key);
+            }
+            if ops.len() < PAGE {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Drops everything folded at or after `from`, back to the last snapshot before it.
+fn rollback(c: &mut Cached, from: SortKey) {
+    while c.snapshots.last().is_some_and(|s| s.last >= from) {
+        c.snapshots.pop();
+    }
+    match c.snapshots.last() {
+        Some(s) => {
+            c.state = s.state.clone();
+            c.len = s.len;
+            c.last = Some(s.last);
+            let cut = s.last;
+            c.errors.retain(|k, _| *k <= cut);
+            debug_assert_eq!(c.errors.len() as u64, s.errored);
+        }
+        None => {
+            c.state = Value::Null;
+            c.len = 0;
+            c.last = None;
+            c.errors.clear();
+        }
+    }
+}
