@@ -15,16 +15,16 @@ use crate::types::{Operation, ReactorId, StoredOp};
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     /// Document id globs (`*` does not cross `/`, `**` does).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub document_ids: Vec<String>,
     /// Document types.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub document_types: Vec<String>,
     /// Scopes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub scopes: Vec<String>,
     /// Branches.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub branches: Vec<String>,
     #[serde(skip)]
     compiled: OnceLock<Option<Arc<GlobSet>>>,

@@ -41,10 +41,10 @@ pub struct Hello {
     /// The highest protocol version the caller speaks.
     pub protocol: u16,
     /// A bearer token, if the remote requires one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub credentials: Option<String>,
     /// Optional features (none are defined in version 1).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub capabilities: Vec<String>,
 }
 
@@ -85,7 +85,7 @@ pub struct Pull {
     /// Most operations to return.
     pub limit: u32,
     /// A push piggybacked on the pull (seed 000's optimisation).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub push: Option<Push>,
 }
 
@@ -101,7 +101,7 @@ pub struct Pulled {
     /// Whether more is waiting (pull again at once).
     pub has_more: bool,
     /// The result of a piggybacked push.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub push_result: Option<PushResult>,
 }
 
@@ -735,6 +735,105 @@ mod tests {
             assert_eq!(p.strands.len(), 2);
             for op in StrandUpdate::into_operations(p.strands) {
                 op.verify().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn every_message_type_round_trips_in_both_codecs() {
+        let ops: Vec<Arc<Operation>> = (0..3).map(|i| Arc::new(op_for("d", i))).collect();
+        let push = Push {
+            job_id: JobId::from_random_bytes([1; 16]),
+            strands: StrandUpdate::group(&ops),
+        };
+        let pushed = Pushed {
+            job_id: push.job_id,
+            status: JobStatus::Applied,
+            applied: 2,
+            duplicates: 1,
+            head: Ordinal(9),
+        };
+        let filter = Filter::documents(["a/*"]).with_scopes(["global"]);
+        let bodies = vec![
+            Body::Request(Request::Hello(Hello {
+                reactor_id: ReactorId::new("a").unwrap(),
+                protocol: 1,
+                credentials: None,
+                capabilities: vec![],
+            })),
+            Body::Request(Request::Hello(Hello {
+                reactor_id: ReactorId::new("a").unwrap(),
+                protocol: 1,
+                credentials: Some("token".into()),
+                capabilities: vec!["x".into()],
+            })),
+            Body::Request(Request::Register(Register {
+                filter: filter.clone(),
+                since: Ordinal(3),
+            })),
+            Body::Request(Request::Pull(Pull {
+                listener_id: "l".into(),
+                cursor: Ordinal(1),
+                limit: 10,
+                push: Some(push.clone()),
+            })),
+            Body::Request(Request::Pull(Pull {
+                listener_id: "l".into(),
+                cursor: Ordinal(1),
+                limit: 10,
+                push: None,
+            })),
+            Body::Request(Request::Ack(Ack {
+                listener_id: "l".into(),
+                cursor: Ordinal(4),
+            })),
+            Body::Request(Request::Push(push.clone())),
+            Body::Request(Request::Directory(Directory { filter })),
+            Body::Response(Response::Welcome(Welcome {
+                reactor_id: ReactorId::new("b").unwrap(),
+                session: "s".into(),
+                protocol: 1,
+            })),
+            Body::Response(Response::Registered(Registered {
+                listener_id: "l".into(),
+            })),
+            Body::Response(Response::Pulled(Pulled {
+                strands: push.strands.clone(),
+                cursor: Ordinal(7),
+                head: Ordinal(9),
+                has_more: true,
+                push_result: Some(PushResult::Ok(pushed.clone())),
+            })),
+            Body::Response(Response::Pulled(Pulled {
+                strands: vec![],
+                cursor: Ordinal(7),
+                head: Ordinal(9),
+                has_more: false,
+                push_result: Some(PushResult::Err(WireError {
+                    kind: "timeout".into(),
+                    message: "m".into(),
+                })),
+            })),
+            Body::Response(Response::Acked(Acked {})),
+            Body::Response(Response::Pushed(pushed)),
+            Body::Response(Response::Strands(Strands { heads: vec![] })),
+            Body::Error(WireError {
+                kind: "not_found".into(),
+                message: "gone".into(),
+            }),
+            Body::Notification(Notification::Poke(Poke { head: Ordinal(2) })),
+        ];
+        for codec in [Codec::Binary, Codec::Json] {
+            for (i, body) in bodies.iter().enumerate() {
+                let env = Envelope {
+                    v: PROTOCOL_VERSION,
+                    id: i as u64,
+                    body: body.clone(),
+                };
+                let bytes = codec.encode(&env).unwrap();
+                let back = Codec::decode(&bytes)
+                    .unwrap_or_else(|e| panic!("{codec:?} message {i}: {}", e.error));
+                assert_eq!(back, env, "{codec:?} message {i}");
             }
         }
     }

@@ -1,0 +1,151 @@
+//! syncline's shared test harness.
+//!
+//! - [`history`]: the checker that reports lost, duplicated and diverged operations.
+//! - [`sim`]: the deterministic simulation of several reactors over the fault-injecting memory
+//!   transport, with crashes and restarts.
+//! - helpers to start reactors on a memory network and to wait for convergence.
+
+pub mod history;
+pub mod sim;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use syncline_core::filter::ReadFilter;
+use syncline_core::{
+    Clock, DynStore, MemoryStore, Ordinal, Reactor, ReactorConfig, ReactorId, Result, RetryPolicy,
+    StoredOp, Submission, SystemClock, Written,
+};
+use syncline_transport_memory::MemoryNetwork;
+
+/// Installs a test log subscriber once (honours `RUST_LOG`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A configuration with short timeouts and backoffs, for tests.
+pub fn fast_config() -> ReactorConfig {
+    let mut c = ReactorConfig::default();
+    c.sync.request_timeout = Duration::from_millis(500);
+    c.sync.retry = RetryPolicy {
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(200),
+        multiplier: 2.0,
+        max_attempts: Some(5),
+    };
+    c.sync.reconnect = RetryPolicy {
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(200),
+        multiplier: 2.0,
+        max_attempts: None,
+    };
+    c
+}
+
+/// Starts a reactor named `name` on `net`, listening on `mem://<name>`.
+pub async fn start_on(
+    net: &MemoryNetwork,
+    name: &str,
+    store: DynStore,
+    config: ReactorConfig,
+    seed: u64,
+) -> Result<Reactor> {
+    start_with_clock(net, name, store, config, seed, Arc::new(SystemClock)).await
+}
+
+/// Like [`start_on`] with an injected clock.
+pub async fn start_with_clock(
+    net: &MemoryNetwork,
+    name: &str,
+    store: DynStore,
+    config: ReactorConfig,
+    seed: u64,
+    clock: Arc<dyn Clock>,
+) -> Result<Reactor> {
+    let reactor = Reactor::builder(ReactorId::new(name)?)
+        .store(store)
+        .transport(net.transport(name))
+        .config(config)
+        .seed(seed)
+        .clock(clock)
+        .scheduler(Arc::new(syncline_core::FixedInterval::new(
+            Duration::from_millis(200),
+            RetryPolicy {
+                initial_delay: Duration::from_millis(50),
+                max_delay: Duration::from_secs(1),
+                multiplier: 2.0,
+                max_attempts: None,
+            },
+        )))
+        .start()
+        .await?;
+    reactor.listen(&format!("mem://{name}")).await?;
+    Ok(reactor)
+}
+
+/// Starts a reactor with a fresh memory store.
+pub async fn start_memory(net: &MemoryNetwork, name: &str, seed: u64) -> Result<Reactor> {
+    start_on(net, name, Arc::new(MemoryStore::new()), fast_config(), seed).await
+}
+
+/// Submits `n` `increment` actions to `/n` of `document`, `per_job` at a time.
+pub async fn submit_increments(
+    reactor: &Reactor,
+    document: &str,
+    n: usize,
+    per_job: usize,
+) -> Result<Vec<Written>> {
+    let mut out = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(per_job.max(1));
+        let sub = Submission::json(
+            document,
+            (0..k).map(|_| ("increment", serde_json::json!({"path": "/n"}))),
+        )?;
+        out.extend(reactor.submit(sub).await?);
+        left -= k;
+    }
+    Ok(out)
+}
+
+/// Every stored operation of a store, in ordinal order.
+pub async fn read_all(store: &DynStore) -> Result<Vec<StoredOp>> {
+    let mut out = Vec::new();
+    let mut after = Ordinal::ZERO;
+    loop {
+        let page = store.read_since(after, 10_000, &ReadFilter::everything()).await?;
+        if page.scanned_to == after {
+            return Ok(out);
+        }
+        after = page.scanned_to;
+        out.extend(page.ops);
+    }
+}
+
+/// Waits until every store holds `count` operations, polling; fails with the counts.
+pub async fn wait_for_count(reactors: &[&Reactor], count: u64, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut heads = Vec::new();
+        for r in reactors {
+            heads.push(r.store().head().await?.0);
+        }
+        if heads.iter().all(|h| *h == count) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(syncline_core::Error::new(
+                syncline_core::ErrorKind::Timeout,
+                format!("stores hold {heads:?} operations, expected {count} each"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
