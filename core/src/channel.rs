@@ -180,10 +180,7 @@ impl JobHandle {
         if !prev.can_move_to(next) {
             return Err(Error::new(
                 ErrorKind::Internal,
-                format!(
-                    "job {} cannot move from {prev:?} to {next:?}",
-                    self.0.id
-                ),
+                format!("job {} cannot move from {prev:?} to {next:?}", self.0.id),
             ));
         }
         self.0.status.send_replace(next);

@@ -148,7 +148,12 @@ impl HlcClock {
         if n > 1 {
             let mut last = self.last.lock();
             let end = first.counter.saturating_add(n - 1);
-            if *last < (Hlc { millis: first.millis, counter: end }) {
+            if *last
+                < (Hlc {
+                    millis: first.millis,
+                    counter: end,
+                })
+            {
                 *last = Hlc {
                     millis: first.millis,
                     counter: end,

@@ -89,7 +89,12 @@ impl EventBus {
     /// Delivers an event to every handler.
     pub fn emit(&self, event: &Event) {
         // Clone the list so a handler may subscribe or unsubscribe without deadlocking.
-        let handlers: Vec<Handler> = self.handlers.read().iter().map(|(_, h)| h.clone()).collect();
+        let handlers: Vec<Handler> = self
+            .handlers
+            .read()
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect();
         for h in handlers {
             h(event);
         }

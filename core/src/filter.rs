@@ -74,10 +74,7 @@ impl Filter {
     }
 
     /// Restricts the filter to document types.
-    pub fn with_document_types<I: IntoIterator<Item = S>, S: Into<String>>(
-        mut self,
-        t: I,
-    ) -> Self {
+    pub fn with_document_types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, t: I) -> Self {
         self.document_types = t.into_iter().map(Into::into).collect();
         self.compiled = OnceLock::new();
         self
@@ -87,7 +84,9 @@ impl Filter {
     pub fn validate(&self) -> Result<()> {
         for g in &self.document_ids {
             Glob::new(g).map_err(|e| {
-                Error::invalid(format!("document id pattern {g:?} is not a valid glob: {e}"))
+                Error::invalid(format!(
+                    "document id pattern {g:?} is not a valid glob: {e}"
+                ))
             })?;
         }
         Ok(())
@@ -112,8 +111,7 @@ impl Filter {
                 for g in &self.document_ids {
                     // Invalid globs were refused by `validate`; one that slips through
                     // matches nothing rather than everything.
-                    if let Ok(glob) = globset::GlobBuilder::new(g).literal_separator(true).build()
-                    {
+                    if let Ok(glob) = globset::GlobBuilder::new(g).literal_separator(true).build() {
                         b.add(glob);
                     }
                 }

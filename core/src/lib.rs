@@ -48,10 +48,11 @@ pub use sync::{
     ConnectionState, DeadLetter, RemoteConfig, RemoteStatus, SyncConfig, SyncManager, SyncMode,
     SyncStatus,
 };
-pub use transport::{Acceptor, FrameReceiver, FrameSender, Link, LinkInfo, Transport, TransportRegistry};
+pub use transport::{
+    Acceptor, FrameReceiver, FrameSender, Link, LinkInfo, Transport, TransportRegistry,
+};
 pub use types::{
-    Action, ActionId, ActionType, Branch, DocumentId, DocumentType, JobId, OpHash, OpId,
-    Operation, Ordinal, Payload, ReactorId, RemoteName, Scope, SortKey, StoredOp, StrandHead,
-    StrandId,
+    Action, ActionId, ActionType, Branch, DocumentId, DocumentType, JobId, OpHash, OpId, Operation,
+    Ordinal, Payload, ReactorId, RemoteName, Scope, SortKey, StoredOp, StrandHead, StrandId,
 };
 pub use view::{DocumentState, DocumentView, ViewOp};

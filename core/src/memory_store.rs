@@ -214,11 +214,7 @@ impl OperationStore for MemoryStore {
 
     async fn get(&self, id: &OpId) -> Result<Option<StoredOp>> {
         let inner = self.inner.read();
-        Ok(inner
-            .by_id
-            .get(id)
-            .and_then(|o| inner.op(*o))
-            .cloned())
+        Ok(inner.by_id.get(id).and_then(|o| inner.op(*o)).cloned())
     }
 }
 

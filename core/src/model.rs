@@ -134,13 +134,21 @@ fn array_index(token: &str, len: usize, allow_end: bool) -> Result<usize, String
         && token.bytes().all(|b| b.is_ascii_digit())
         && (token == "0" || !token.starts_with('0'));
     let idx: usize = if valid {
-        token.parse().map_err(|_| format!("index {token} is too large"))?
+        token
+            .parse()
+            .map_err(|_| format!("index {token} is too large"))?
     } else {
         return Err(format!("{token:?} is not an array index"));
     };
-    let max = if allow_end { len } else { len.saturating_sub(1) };
+    let max = if allow_end {
+        len
+    } else {
+        len.saturating_sub(1)
+    };
     if idx > max || (!allow_end && len == 0) {
-        return Err(format!("index {idx} is out of bounds for an array of {len}"));
+        return Err(format!(
+            "index {idx} is out of bounds for an array of {len}"
+        ));
     }
     Ok(idx)
 }
@@ -392,15 +400,21 @@ mod tests {
     #[test]
     fn validation_rejects_bad_submissions_with_clear_errors() {
         let m = JsonModel;
-        let e = m.validate("set", &json!({"path": "a", "value": 1})).unwrap_err();
+        let e = m
+            .validate("set", &json!({"path": "a", "value": 1}))
+            .unwrap_err();
         assert!(e.message().contains("JSON Pointer"), "{e}");
         let e = m.validate("set", &json!({"path": "/a"})).unwrap_err();
         assert!(e.message().contains("\"value\""), "{e}");
         let e = m.validate("frobnicate", &json!({})).unwrap_err();
         assert!(e.message().contains("unknown action type"), "{e}");
-        let e = m.validate("increment", &json!({"path": "/a", "by": "2"})).unwrap_err();
+        let e = m
+            .validate("increment", &json!({"path": "/a", "by": "2"}))
+            .unwrap_err();
         assert!(e.message().contains("must be a number"), "{e}");
-        let e = m.validate("set", &json!({"path": "/a~2", "value": 1})).unwrap_err();
+        let e = m
+            .validate("set", &json!({"path": "/a~2", "value": 1}))
+            .unwrap_err();
         assert!(e.message().contains("escape"), "{e}");
         assert!(m.validate("set", &json!([1])).is_err());
     }

@@ -668,9 +668,7 @@ fn decode_binary(frame: &[u8]) -> Result<Envelope, DecodeError> {
     let decoded = (|| -> Result<Body> {
         Ok(match (kind, ty) {
             (0, MessageType::Hello) => Body::Request(Request::Hello(unpost(b, "hello")?)),
-            (0, MessageType::Register) => {
-                Body::Request(Request::Register(unpost(b, "register")?))
-            }
+            (0, MessageType::Register) => Body::Request(Request::Register(unpost(b, "register")?)),
             (0, MessageType::Pull) => Body::Request(Request::Pull(unpost(b, "pull")?)),
             (0, MessageType::Ack) => Body::Request(Request::Ack(unpost(b, "ack")?)),
             (0, MessageType::Push) => Body::Request(Request::Push(unpost(b, "push")?)),
@@ -684,9 +682,7 @@ fn decode_binary(frame: &[u8]) -> Result<Envelope, DecodeError> {
             (1, MessageType::Pull) => Body::Response(Response::Pulled(unpost(b, "pulled")?)),
             (1, MessageType::Ack) => Body::Response(Response::Acked(unpost(b, "acked")?)),
             (1, MessageType::Push) => Body::Response(Response::Pushed(unpost(b, "pushed")?)),
-            (1, MessageType::Directory) => {
-                Body::Response(Response::Strands(unpost(b, "strands")?))
-            }
+            (1, MessageType::Directory) => Body::Response(Response::Strands(unpost(b, "strands")?)),
             (2, _) => Body::Error(unpost(b, "error")?),
             (3, MessageType::Poke) => Body::Notification(Notification::Poke(unpost(b, "poke")?)),
             (k, t) => {

@@ -335,7 +335,9 @@ mod tests {
             strand: StrandId::parse(doc, None, None).unwrap(),
             document_type: DocumentType::new("json").unwrap(),
             actions: (0..n)
-                .map(|_| NewAction::new("set", serde_json::json!({"path": "/a", "value": 1})).unwrap())
+                .map(|_| {
+                    NewAction::new("set", serde_json::json!({"path": "/a", "value": 1})).unwrap()
+                })
                 .collect(),
         })
     }

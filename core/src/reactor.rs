@@ -180,9 +180,7 @@ impl ReactorBuilder {
         let store = self
             .store
             .ok_or_else(|| Error::invalid("a reactor needs a store"))?;
-        let entropy = self
-            .entropy
-            .unwrap_or_else(|| Arc::new(Entropy::from_os()));
+        let entropy = self.entropy.unwrap_or_else(|| Arc::new(Entropy::from_os()));
         let bus = Arc::new(EventBus::new());
         let queue = Arc::new(Queue::new(self.config.queue_capacity));
         let hlc = Arc::new(HlcClock::new(self.clock, self.config.max_clock_drift));

@@ -38,7 +38,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The cap of the wait after `attempt` failures (attempt >= 1).
     pub fn cap(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.max(1.0).powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let secs = (self.initial_delay.as_secs_f64() * exp).min(self.max_delay.as_secs_f64());
         Duration::from_secs_f64(secs.max(0.0))
     }
@@ -114,7 +117,21 @@ mod tests {
         assert_eq!(p.backoff(3, 0.5), Duration::from_millis(200));
         assert!(!p.exhausted(2));
         assert!(p.exhausted(3));
-        assert!(RetryPolicy { max_attempts: None, ..p }.validate("retry").is_ok());
-        assert!(RetryPolicy { multiplier: 0.5, ..p }.validate("retry").is_err());
+        assert!(
+            RetryPolicy {
+                max_attempts: None,
+                ..p
+            }
+            .validate("retry")
+            .is_ok()
+        );
+        assert!(
+            RetryPolicy {
+                multiplier: 0.5,
+                ..p
+            }
+            .validate("retry")
+            .is_err()
+        );
     }
 }

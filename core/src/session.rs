@@ -20,7 +20,9 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::{Error, ErrorKind, Result, WireError};
-use crate::protocol::{Body, BodyRef, Codec, EnvelopeRef, Notification, PROTOCOL_VERSION, Request, Response};
+use crate::protocol::{
+    Body, BodyRef, Codec, EnvelopeRef, Notification, PROTOCOL_VERSION, Request, Response,
+};
 use crate::telemetry;
 use crate::transport::{FrameReceiver, Link, LinkInfo};
 use crate::types::ReactorId;
@@ -312,7 +314,11 @@ impl Session {
         }
     }
 
-    async fn read_loop(self, mut receiver: Box<dyn FrameReceiver>, handler: Arc<dyn SessionHandler>) {
+    async fn read_loop(
+        self,
+        mut receiver: Box<dyn FrameReceiver>,
+        handler: Arc<dyn SessionHandler>,
+    ) {
         let permits = Arc::new(Semaphore::new(self.0.limits.max_concurrent_requests.max(1)));
         while let Some(frame) = receiver.recv().await {
             let frame = match frame {
@@ -333,8 +339,13 @@ impl Session {
                         self.0.limits.max_frame_bytes
                     ),
                 );
-                self.reject(id.map(|(i, _)| i), id.is_some_and(|(_, r)| r), err, "too_large")
-                    .await;
+                self.reject(
+                    id.map(|(i, _)| i),
+                    id.is_some_and(|(_, r)| r),
+                    err,
+                    "too_large",
+                )
+                .await;
                 continue;
             }
             let env = match Codec::decode(&frame) {

@@ -161,8 +161,12 @@ pub trait OperationStore: Send + Sync + fmt::Debug + 'static {
 
     /// Reads the feed after `after`: at most `limit` operations passing `filter`, looking at no
     /// more than [`MAX_SCAN_ROWS`] rows.
-    async fn read_since(&self, after: Ordinal, limit: usize, filter: &ReadFilter)
-    -> Result<ReadPage>;
+    async fn read_since(
+        &self,
+        after: Ordinal,
+        limit: usize,
+        filter: &ReadFilter,
+    ) -> Result<ReadPage>;
 
     /// Reads a strand in canonical order, starting after `after` (from the start if `None`).
     async fn read_strand(

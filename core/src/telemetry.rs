@@ -38,12 +38,17 @@ pub(crate) fn ops_duplicate(n: usize) {
 }
 
 /// A batch pushed to a remote finished.
-pub(crate) fn push_done(remote: &str, ops: usize, bytes: usize, status: &'static str, rtt: Duration) {
+pub(crate) fn push_done(
+    remote: &str,
+    ops: usize,
+    bytes: usize,
+    status: &'static str,
+    rtt: Duration,
+) {
     let labels = [("remote", remote.to_owned()), ("status", status.to_owned())];
     counter!("syncline_batches_total", &labels).increment(1);
     if status == "applied" {
-        counter!("syncline_ops_pushed_total", "remote" => remote.to_owned())
-            .increment(ops as u64);
+        counter!("syncline_ops_pushed_total", "remote" => remote.to_owned()).increment(ops as u64);
         counter!("syncline_bytes_total", "remote" => remote.to_owned(), "direction" => "out")
             .increment(bytes as u64);
         histogram!("syncline_push_duration_seconds", "remote" => remote.to_owned())
@@ -57,8 +62,7 @@ pub(crate) fn pull_done(remote: &str, ops: usize, bytes: usize, ok: bool, rtt: D
     counter!("syncline_pulls_total", "remote" => remote.to_owned(), "status" => status)
         .increment(1);
     if ok {
-        counter!("syncline_ops_pulled_total", "remote" => remote.to_owned())
-            .increment(ops as u64);
+        counter!("syncline_ops_pulled_total", "remote" => remote.to_owned()).increment(ops as u64);
         counter!("syncline_bytes_total", "remote" => remote.to_owned(), "direction" => "in")
             .increment(bytes as u64);
         histogram!("syncline_pull_duration_seconds", "remote" => remote.to_owned())

@@ -26,10 +26,7 @@ pub fn op_at(document: &str, n: u64, millis: u64, origin: &str) -> Operation {
             id: ActionId::from_random_bytes(id),
             action_type: ActionType::new("set").expect("valid type"),
             input: Payload::from_value(&serde_json::json!({"path": "/n", "value": n})),
-            timestamp: Hlc {
-                millis,
-                counter: 0,
-            },
+            timestamp: Hlc { millis, counter: 0 },
         },
         hash: OpHash([0; 32]),
         origin: ReactorId::new(origin).expect("valid reactor id"),

@@ -613,7 +613,10 @@ mod tests {
     fn json_and_binary_round_trips_keep_the_hash() {
         let op = sample_op();
         let json = serde_json::to_string(&op).unwrap();
-        assert!(json.contains(r#""input":{"path":"/a","value":1}"#), "{json}");
+        assert!(
+            json.contains(r#""input":{"path":"/a","value":1}"#),
+            "{json}"
+        );
         let back: Operation = serde_json::from_str(&json).unwrap();
         back.verify().unwrap();
         assert_eq!(back, op);

@@ -147,7 +147,9 @@ pub async fn check(history: &History, nodes: &[(String, Reactor)]) -> Result<Rep
         }
         for (id, n) in seen {
             if n > 1 {
-                report.duplicated.push(format!("{name} stores {id} {n} times"));
+                report
+                    .duplicated
+                    .push(format!("{name} stores {id} {n} times"));
             }
         }
         holdings.push(shared);

@@ -120,7 +120,9 @@ pub async fn read_all(store: &DynStore) -> Result<Vec<StoredOp>> {
     let mut out = Vec::new();
     let mut after = Ordinal::ZERO;
     loop {
-        let page = store.read_since(after, 10_000, &ReadFilter::everything()).await?;
+        let page = store
+            .read_since(after, 10_000, &ReadFilter::everything())
+            .await?;
         if page.scanned_to == after {
             return Ok(out);
         }

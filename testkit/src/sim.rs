@@ -192,8 +192,16 @@ async fn connect(world: &World, a: usize, b: usize, variant: u32) -> Result<()> 
         Ok(RemoteConfig::new(&format!("{}{tag}", name(to)), &url(to))?.with_mode(mode))
     };
     match variant {
-        0 => ra.sync().add_remote(remote(b, "", SyncMode::PingPong)?).await,
-        1 => rb.sync().add_remote(remote(a, "", SyncMode::PingPong)?).await,
+        0 => {
+            ra.sync()
+                .add_remote(remote(b, "", SyncMode::PingPong)?)
+                .await
+        }
+        1 => {
+            rb.sync()
+                .add_remote(remote(a, "", SyncMode::PingPong)?)
+                .await
+        }
         2 => {
             ra.sync().add_remote(remote(b, "", SyncMode::Push)?).await?;
             rb.sync().add_remote(remote(a, "", SyncMode::Push)?).await
@@ -203,8 +211,12 @@ async fn connect(world: &World, a: usize, b: usize, variant: u32) -> Result<()> 
             rb.sync().add_remote(remote(a, "", SyncMode::Pull)?).await
         }
         _ => {
-            ra.sync().add_remote(remote(b, "-push", SyncMode::Push)?).await?;
-            ra.sync().add_remote(remote(b, "-pull", SyncMode::Pull)?).await
+            ra.sync()
+                .add_remote(remote(b, "-push", SyncMode::Push)?)
+                .await?;
+            ra.sync()
+                .add_remote(remote(b, "-pull", SyncMode::Pull)?)
+                .await
         }
     }
 }
@@ -219,9 +231,18 @@ fn random_submission(rng: &mut StdRng, local: bool) -> Submission {
             let key = ["a", "b", "c", "list"][rng.random_range(0..4)];
             let path = format!("/{key}");
             let (t, input) = match rng.random_range(0..4) {
-                0 => ("set", json!({"path": path, "value": rng.random_range(0..100)})),
-                1 => ("increment", json!({"path": path, "by": rng.random_range(1..5)})),
-                2 => ("push", json!({"path": path, "value": rng.random_range(0..100)})),
+                0 => (
+                    "set",
+                    json!({"path": path, "value": rng.random_range(0..100)}),
+                ),
+                1 => (
+                    "increment",
+                    json!({"path": path, "by": rng.random_range(1..5)}),
+                ),
+                2 => (
+                    "push",
+                    json!({"path": path, "value": rng.random_range(0..100)}),
+                ),
                 _ => ("remove", json!({"path": path})),
             };
             NewAction::new(t, input).expect("valid action")
@@ -347,7 +368,12 @@ async fn simulate(cfg: SimConfig) -> Result<SimOutcome> {
     // Let in-flight acknowledgements land so views are compared at rest.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let nodes: Vec<(String, Reactor)> = (0..n)
-        .map(|i| (name(i), world.get(i).expect("all reactors are up after the run")))
+        .map(|i| {
+            (
+                name(i),
+                world.get(i).expect("all reactors are up after the run"),
+            )
+        })
         .collect();
     let report = check(&history, &nodes).await?;
     let mut h = std::collections::hash_map::DefaultHasher::new();

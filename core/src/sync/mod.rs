@@ -34,8 +34,8 @@ use crate::store::DynStore;
 use crate::transport::{Link, TransportRegistry, parse_url};
 use crate::types::{Ordinal, ReactorId, RemoteName, StrandHead};
 
-pub use remote::TaskGroup;
 use remote::RemoteShared;
+pub use remote::TaskGroup;
 use responder::Responder;
 pub use state::{DeadLetter, Direction, ListenerRecord, RemoteRecord, SyncState};
 
@@ -431,7 +431,8 @@ impl SyncManager {
 
     async fn launch(&self, record: RemoteRecord) -> Result<()> {
         let name = record.config.name.clone();
-        let (shared, tasks) = RemoteShared::start(self.ctx.clone(), self.responder.clone(), record).await?;
+        let (shared, tasks) =
+            RemoteShared::start(self.ctx.clone(), self.responder.clone(), record).await?;
         self.ctx.remotes.write().insert(name.clone(), shared);
         self.tasks.lock().insert(name, tasks);
         Ok(())

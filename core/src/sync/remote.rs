@@ -33,8 +33,8 @@ use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::events::OperationsWritten;
 use crate::filter::Filter;
 use crate::protocol::{
-    Ack, Directory, Hello, Notification, PROTOCOL_VERSION, Pull, Push, Register, Request,
-    Response, StrandUpdate,
+    Ack, Directory, Hello, Notification, PROTOCOL_VERSION, Pull, Push, Register, Request, Response,
+    StrandUpdate,
 };
 use crate::queue::JobKind;
 use crate::scheduler::{PullReport, Signal};
@@ -558,7 +558,11 @@ impl RemoteShared {
     }
 
     /// Pushes one batch until it is applied, dead-lettered, or the remote stops.
-    async fn deliver(self: Arc<Self>, handle: JobHandle, requeued: bool) -> (JobHandle, Delivery, bool) {
+    async fn deliver(
+        self: Arc<Self>,
+        handle: JobHandle,
+        requeued: bool,
+    ) -> (JobHandle, Delivery, bool) {
         let _ = handle.advance(JobStatus::TransportPending);
         let request = Request::Push(Push {
             job_id: handle.id(),
@@ -584,7 +588,11 @@ impl RemoteShared {
                     telemetry::push_done(self.name(), n, request_bytes, "applied", rtt);
                     self.ctx.scheduler.observe(
                         Some(self.name()),
-                        &Signal::PushSent { ok: true, ops: n, rtt },
+                        &Signal::PushSent {
+                            ok: true,
+                            ops: n,
+                            rtt,
+                        },
                     );
                     self.succeeded();
                     if requeued {
@@ -664,7 +672,12 @@ impl RemoteShared {
     }
 
     async fn forget_dead_letter(&self, handle: &JobHandle) {
-        match self.ctx.state.delete_dead_letter(&handle.id().to_string()).await {
+        match self
+            .ctx
+            .state
+            .delete_dead_letter(&handle.id().to_string())
+            .await
+        {
             Ok(()) => self
                 .status
                 .send_modify(|s| s.dead_letters = s.dead_letters.saturating_sub(1)),
@@ -780,7 +793,11 @@ impl RemoteShared {
         let ops = StrandUpdate::into_operations(pulled.strands);
         let n = ops.len();
         let ops = self.ctx.verify_incoming(ops, &peer, false)?;
-        let handle = PullJobHandle::new(self.ctx.entropy.job_id(), ops.clone(), (cursor, pulled.cursor));
+        let handle = PullJobHandle::new(
+            self.ctx.entropy.job_id(),
+            ops.clone(),
+            (cursor, pulled.cursor),
+        );
         let _ = handle.started();
         let _ = handle.transported();
         self.channel.inbox.push(handle.clone());

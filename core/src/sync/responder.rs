@@ -221,9 +221,10 @@ impl Responder {
     }
 
     fn listener(&self, id: &str, peer: &ReactorId) -> Result<ListenerRecord> {
-        let l = self.listeners.lock().get(id).cloned().ok_or_else(|| {
-            Error::not_found(format!("unknown listener {id:?}; register again"))
-        })?;
+        let l =
+            self.listeners.lock().get(id).cloned().ok_or_else(|| {
+                Error::not_found(format!("unknown listener {id:?}; register again"))
+            })?;
         if &l.peer != peer {
             return Err(Error::new(
                 ErrorKind::PermissionDenied,

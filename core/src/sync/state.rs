@@ -4,8 +4,8 @@
 //! 8-byte big-endian integers.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::filter::Filter;
@@ -95,7 +95,10 @@ fn decode<T: DeserializeOwned>(space: MetaSpace, key: &str, bytes: &[u8]) -> Res
     serde_json::from_slice(bytes).map_err(|e| {
         Error::new(
             ErrorKind::Corrupt,
-            format!("the sync record {}/{key} does not decode: {e}", space.as_str()),
+            format!(
+                "the sync record {}/{key} does not decode: {e}",
+                space.as_str()
+            ),
         )
     })
 }
@@ -187,7 +190,11 @@ impl SyncState {
     /// Stores a listener.
     pub async fn put_listener(&self, l: &ListenerRecord) -> Result<()> {
         self.store
-            .write_meta(vec![MetaWrite::put(MetaSpace::Listeners, &l.id, encode(l)?)])
+            .write_meta(vec![MetaWrite::put(
+                MetaSpace::Listeners,
+                &l.id,
+                encode(l)?,
+            )])
             .await
     }
 
@@ -207,7 +214,11 @@ impl SyncState {
     /// Stores a dead letter.
     pub async fn put_dead_letter(&self, d: &DeadLetter) -> Result<()> {
         self.store
-            .write_meta(vec![MetaWrite::put(MetaSpace::DeadLetters, &d.id, encode(d)?)])
+            .write_meta(vec![MetaWrite::put(
+                MetaSpace::DeadLetters,
+                &d.id,
+                encode(d)?,
+            )])
             .await
     }
 

@@ -45,7 +45,13 @@ fn simulation() {
         }
     });
     let failures = failures.into_inner().unwrap();
-    assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -54,6 +60,9 @@ fn a_seed_replays_exactly() {
     let first = run(&cfg).expect("run");
     let again = run(&cfg).expect("run");
     assert!(first.report.is_clean(), "{}", first.report);
-    assert_eq!(first.fingerprint, again.fingerprint, "the same seed must give the same run");
+    assert_eq!(
+        first.fingerprint, again.fingerprint,
+        "the same seed must give the same run"
+    );
     assert_eq!(first.stats, again.stats);
 }

@@ -258,7 +258,10 @@ impl fmt::Debug for MemSender {
 impl FrameSender for MemSender {
     async fn send(&self, frame: Bytes) -> Result<()> {
         let Some(tx) = self.tx.lock().clone() else {
-            return Err(Error::closed(format!("the link to mem://{} is closed", self.to)));
+            return Err(Error::closed(format!(
+                "the link to mem://{} is closed",
+                self.to
+            )));
         };
         if tx.is_closed() {
             return Err(Error::closed(format!("mem://{} closed the link", self.to)));
@@ -363,11 +366,25 @@ impl Transport for MemoryTransport {
             })?;
         let (to_server, server_rx) = mpsc::unbounded_channel();
         let (to_client, client_rx) = mpsc::unbounded_channel();
-        let server_side = link(&self.net, &target, &self.local, to_client, server_rx, self.codec);
-        accept.send(server_side).map_err(|_| {
-            Error::new(ErrorKind::Unavailable, format!("{url} stopped listening"))
-        })?;
-        Ok(link(&self.net, &self.local, &target, to_server, client_rx, self.codec))
+        let server_side = link(
+            &self.net,
+            &target,
+            &self.local,
+            to_client,
+            server_rx,
+            self.codec,
+        );
+        accept
+            .send(server_side)
+            .map_err(|_| Error::new(ErrorKind::Unavailable, format!("{url} stopped listening")))?;
+        Ok(link(
+            &self.net,
+            &self.local,
+            &target,
+            to_server,
+            client_rx,
+            self.codec,
+        ))
     }
 
     async fn listen(&self, url: &Url) -> Result<Box<dyn Acceptor>> {
@@ -410,7 +427,10 @@ impl Drop for MemAcceptor {
     fn drop(&mut self) {
         let mut listeners = self.net.0.listeners.lock();
         // A newer listener under the same name is kept.
-        if listeners.get(&self.name).is_some_and(|(id, _)| *id == self.id) {
+        if listeners
+            .get(&self.name)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
             listeners.remove(&self.name);
         }
     }
@@ -446,9 +466,17 @@ mod tests {
         let mut acceptor = b.listen(&url("mem://b")).await.unwrap();
         let mut client = a.connect(&url("mem://b")).await.unwrap();
         let mut server = acceptor.accept().await.unwrap();
-        client.sender.send(Bytes::from_static(b"ping")).await.unwrap();
+        client
+            .sender
+            .send(Bytes::from_static(b"ping"))
+            .await
+            .unwrap();
         assert_eq!(&server.receiver.recv().await.unwrap().unwrap()[..], b"ping");
-        server.sender.send(Bytes::from_static(b"pong")).await.unwrap();
+        server
+            .sender
+            .send(Bytes::from_static(b"pong"))
+            .await
+            .unwrap();
         assert_eq!(&client.receiver.recv().await.unwrap().unwrap()[..], b"pong");
         client.sender.close();
         assert!(server.receiver.recv().await.is_none());
@@ -489,7 +517,10 @@ mod tests {
         let (first, stats) = run(7).await;
         let (again, _) = run(7).await;
         assert_eq!(first, again, "the same seed gives the same fate");
-        assert!(stats.dropped > 0 && stats.duplicated > 0 && stats.delayed > 0, "{stats:?}");
+        assert!(
+            stats.dropped > 0 && stats.duplicated > 0 && stats.delayed > 0,
+            "{stats:?}"
+        );
         let mut sorted = first.clone();
         sorted.sort();
         assert_ne!(first, sorted, "delays reorder frames");
@@ -501,12 +532,24 @@ mod tests {
         let mut client = a.connect(&url("mem://b")).await.unwrap();
         let mut server = acceptor.accept().await.unwrap();
         net.partition_one_way("a", "b");
-        client.sender.send(Bytes::from_static(b"lost")).await.unwrap();
-        server.sender.send(Bytes::from_static(b"kept")).await.unwrap();
+        client
+            .sender
+            .send(Bytes::from_static(b"lost"))
+            .await
+            .unwrap();
+        server
+            .sender
+            .send(Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
         assert_eq!(&client.receiver.recv().await.unwrap().unwrap()[..], b"kept");
         assert!(a.connect(&url("mem://b")).await.is_err());
         net.heal("a", "b");
-        client.sender.send(Bytes::from_static(b"back")).await.unwrap();
+        client
+            .sender
+            .send(Bytes::from_static(b"back"))
+            .await
+            .unwrap();
         assert_eq!(&server.receiver.recv().await.unwrap().unwrap()[..], b"back");
         assert_eq!(net.stats().partitioned, 1);
     }
