@@ -184,11 +184,10 @@ impl ReadFilter {
     /// Whether the stored operation is to be returned.
     pub fn matches(&self, stored: &StoredOp) -> bool {
         let op = &stored.op;
-        if let Some(peer) = &self.exclude_peer {
-            if &op.origin == peer || stored.source.as_ref() == Some(peer) {
+        if let Some(peer) = &self.exclude_peer
+            && (&op.origin == peer || stored.source.as_ref() == Some(peer)) {
                 return false;
             }
-        }
         if !self.private_scopes.is_empty()
             && self.private_scopes.iter().any(|s| s == op.scope.as_str())
         {

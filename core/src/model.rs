@@ -188,11 +188,10 @@ fn get_mut<'a>(state: &'a mut Value, tokens: &[String]) -> Option<&'a mut Value>
 }
 
 fn add_numbers(a: &Value, by: &Value) -> Result<Value, String> {
-    if let (Some(x), Some(y)) = (a.as_i64(), by.as_i64()) {
-        if let Some(sum) = x.checked_add(y) {
+    if let (Some(x), Some(y)) = (a.as_i64(), by.as_i64())
+        && let Some(sum) = x.checked_add(y) {
             return Ok(Value::from(sum));
         }
-    }
     match (a.as_f64(), by.as_f64()) {
         (Some(x), Some(y)) => serde_json::Number::from_f64(x + y)
             .map(Value::Number)
@@ -230,13 +229,12 @@ impl DocumentModel for JsonModel {
                         "action \"increment\": the document root is not a number",
                     ));
                 }
-                if let Some(by) = input.get("by") {
-                    if !by.is_number() {
+                if let Some(by) = input.get("by")
+                    && !by.is_number() {
                         return Err(Error::invalid(format!(
                             "action \"increment\": \"by\" must be a number, got {by}"
                         )));
                     }
-                }
             }
             other => {
                 return Err(Error::invalid(format!(

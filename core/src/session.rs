@@ -80,12 +80,15 @@ pub(crate) struct ResponderState {
     pub(crate) poke_pending: bool,
 }
 
+/// Where a request's response goes: the response and the size of its frame.
+type Pending = oneshot::Sender<Result<(Response, usize)>>;
+
 struct Inner {
     id: u64,
     sender: Arc<dyn crate::transport::FrameSender>,
     info: LinkInfo,
     limits: SessionLimits,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<(Response, usize)>>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
     peer: OnceLock<ReactorId>,

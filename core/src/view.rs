@@ -138,12 +138,11 @@ impl DocumentView {
         if let Some(s) = slots.get(strand) {
             return s.clone();
         }
-        if slots.len() >= self.max_cached {
-            if let Some(victim) = slots.keys().next().cloned() {
+        if slots.len() >= self.max_cached
+            && let Some(victim) = slots.keys().next().cloned() {
                 slots.remove(&victim);
                 self.dirty.lock().remove(&victim);
             }
-        }
         let s: Slot = Arc::default();
         slots.insert(strand.clone(), s.clone());
         s
@@ -164,11 +163,10 @@ impl DocumentView {
             errors: BTreeMap::new(),
             snapshots: Vec::new(),
         });
-        if let (Some(m), Some(last)) = (mark, c.last) {
-            if m <= last {
+        if let (Some(m), Some(last)) = (mark, c.last)
+            && m <= last {
                 rollback(c, m);
             }
-        }
         loop {
             let ops = self.store.read_strand(strand, c.last, PAGE).await?;
             if ops.is_empty() {
@@ -200,7 +198,7 @@ impl DocumentView {
                 }
                 c.len += 1;
                 c.last = Some(key);
-                if c.len % self.snapshot_every == 0 {
+                if c.len.is_multiple_of(self.snapshot_every) {
                     c.snapshots.push(Snapshot {
                         len: c.len,
                         last: key,

@@ -119,11 +119,10 @@ impl SessionHandler for ClientHandler {
 
     fn notified(&self, _session: &Session, notification: Notification) {
         let Notification::Poke(_) = notification;
-        if let Some(r) = self.remote.upgrade() {
-            if r.config.mode.pulls() {
+        if let Some(r) = self.remote.upgrade()
+            && r.config.mode.pulls() {
                 r.wake_pull.notify_one();
             }
-        }
     }
 }
 
@@ -261,11 +260,10 @@ impl RemoteShared {
             if *stop.borrow_and_update() {
                 return None;
             }
-            if let Some(s) = rx.borrow_and_update().clone() {
-                if !s.is_closed() {
+            if let Some(s) = rx.borrow_and_update().clone()
+                && !s.is_closed() {
                     return Some(s);
                 }
-            }
             tokio::select! {
                 biased;
                 _ = stop.changed() => {}
@@ -538,11 +536,10 @@ impl RemoteShared {
                 _ = stop.changed() => break,
                 Some((handle, delivery, requeued)) = inflight.next(), if !inflight.is_empty() => {
                     self.channel.outbox.remove(&handle);
-                    if !requeued && delivery != Delivery::Stopped {
-                        if let Some(c) = window.finish(handle.range().0) {
+                    if !requeued && delivery != Delivery::Stopped
+                        && let Some(c) = window.finish(handle.range().0) {
                             self.commit_outbox(c, &saver);
                         }
-                    }
                 }
                 Some(letter) = requeue_rx.recv() => {
                     let id = letter.id.parse::<JobId>().unwrap_or_else(|_| self.ctx.entropy.job_id());

@@ -1,4 +1,6 @@
 //! syncline's behaviour tests: the seeds' sync semantics and the deterministic simulation.
 
+#![allow(clippy::unwrap_used)]
+
 mod sim;
 mod sync;
