@@ -503,6 +503,33 @@ fn body_parts(body: &BodyRef<'_>) -> (u8, MessageType) {
     }
 }
 
+/// A close upper estimate of a body's encoded size, so a frame is allocated once instead of
+/// growing by doubling (large frames would otherwise be copied several times).
+fn size_hint(body: &BodyRef<'_>) -> usize {
+    fn updates(u: &[StrandUpdate]) -> usize {
+        u.iter()
+            .map(|s| {
+                64 + s
+                    .operations
+                    .iter()
+                    .map(|o| {
+                        112 + o.action.input.as_bytes().len()
+                            + o.action.action_type.as_str().len()
+                            + o.origin.as_str().len()
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+    match body {
+        BodyRef::Request(Request::Push(p)) => 32 + updates(&p.strands),
+        BodyRef::Request(Request::Pull(p)) => 64 + p.push.as_ref().map_or(0, |p| updates(&p.strands)),
+        BodyRef::Response(Response::Pulled(p)) => 64 + updates(&p.strands),
+        BodyRef::Response(Response::Strands(s)) => 32 + s.heads.len() * 128,
+        _ => 256,
+    }
+}
+
 fn post<T: Serialize>(out: &mut Vec<u8>, v: &T) -> Result<()> {
     postcard::to_io(v, &mut *out)
         .map(|_| ())
@@ -534,7 +561,7 @@ impl Codec {
                 .map_err(|e| Error::internal(format!("encoding a JSON frame failed: {e}"))),
             Codec::Binary => {
                 let (kind, ty) = body_parts(&env.body);
-                let mut out = Vec::with_capacity(256);
+                let mut out = Vec::with_capacity(HEADER_LEN + size_hint(&env.body));
                 out.extend_from_slice(MAGIC);
                 out.extend_from_slice(&env.v.to_le_bytes());
                 out.push(kind);

@@ -148,9 +148,9 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            push_batch_ops: 4096,
-            push_window: 4,
-            pull_batch_ops: 4096,
+            push_batch_ops: 1024,
+            push_window: 8,
+            pull_batch_ops: 1024,
             max_batch_ops: 16_384,
             request_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
