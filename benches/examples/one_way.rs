@@ -9,9 +9,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let ops: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let runs: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(3);
-    let w = syncline_benches::OneWay { ops, ..Default::default() };
+    let ops: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let runs: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let w = syncline_benches::OneWay {
+        ops,
+        ..Default::default()
+    };
     for run in 0..runs {
         let r = rt.block_on(async {
             let mut config = syncline_core::ReactorConfig::default();
@@ -21,9 +30,7 @@ fn main() {
             if let Ok(w) = std::env::var("WINDOW") {
                 config.sync.push_window = w.parse().expect("WINDOW");
             }
-            let pair = syncline_benches::memory_pair(config)
-                .await
-                .expect("pair");
+            let pair = syncline_benches::memory_pair(config).await.expect("pair");
             syncline_benches::one_way(&pair, &w).await.expect("run")
         });
         println!(

@@ -113,7 +113,13 @@ pub async fn one_way(pair: &Pair, w: &OneWay) -> Result<RunResult> {
             }
         }
     });
-    let (s, h, r, d, total) = (sent.clone(), hist.clone(), received.clone(), done.clone(), w.ops);
+    let (s, h, r, d, total) = (
+        sent.clone(),
+        hist.clone(),
+        received.clone(),
+        done.clone(),
+        w.ops,
+    );
     let sub_b = pair.b.bus().on(move |e| {
         if let Event::OperationsWritten(w) = e {
             let now = Instant::now();

@@ -185,9 +185,10 @@ impl ReadFilter {
     pub fn matches(&self, stored: &StoredOp) -> bool {
         let op = &stored.op;
         if let Some(peer) = &self.exclude_peer
-            && (&op.origin == peer || stored.source.as_ref() == Some(peer)) {
-                return false;
-            }
+            && (&op.origin == peer || stored.source.as_ref() == Some(peer))
+        {
+            return false;
+        }
         if !self.private_scopes.is_empty()
             && self.private_scopes.iter().any(|s| s == op.scope.as_str())
         {

@@ -189,9 +189,10 @@ fn get_mut<'a>(state: &'a mut Value, tokens: &[String]) -> Option<&'a mut Value>
 
 fn add_numbers(a: &Value, by: &Value) -> Result<Value, String> {
     if let (Some(x), Some(y)) = (a.as_i64(), by.as_i64())
-        && let Some(sum) = x.checked_add(y) {
-            return Ok(Value::from(sum));
-        }
+        && let Some(sum) = x.checked_add(y)
+    {
+        return Ok(Value::from(sum));
+    }
     match (a.as_f64(), by.as_f64()) {
         (Some(x), Some(y)) => serde_json::Number::from_f64(x + y)
             .map(Value::Number)
@@ -230,11 +231,12 @@ impl DocumentModel for JsonModel {
                     ));
                 }
                 if let Some(by) = input.get("by")
-                    && !by.is_number() {
-                        return Err(Error::invalid(format!(
-                            "action \"increment\": \"by\" must be a number, got {by}"
-                        )));
-                    }
+                    && !by.is_number()
+                {
+                    return Err(Error::invalid(format!(
+                        "action \"increment\": \"by\" must be a number, got {by}"
+                    )));
+                }
             }
             other => {
                 return Err(Error::invalid(format!(

@@ -523,7 +523,9 @@ fn size_hint(body: &BodyRef<'_>) -> usize {
     }
     match body {
         BodyRef::Request(Request::Push(p)) => 32 + updates(&p.strands),
-        BodyRef::Request(Request::Pull(p)) => 64 + p.push.as_ref().map_or(0, |p| updates(&p.strands)),
+        BodyRef::Request(Request::Pull(p)) => {
+            64 + p.push.as_ref().map_or(0, |p| updates(&p.strands))
+        }
         BodyRef::Response(Response::Pulled(p)) => 64 + updates(&p.strands),
         BodyRef::Response(Response::Strands(s)) => 32 + s.heads.len() * 128,
         _ => 256,

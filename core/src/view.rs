@@ -139,10 +139,11 @@ impl DocumentView {
             return s.clone();
         }
         if slots.len() >= self.max_cached
-            && let Some(victim) = slots.keys().next().cloned() {
-                slots.remove(&victim);
-                self.dirty.lock().remove(&victim);
-            }
+            && let Some(victim) = slots.keys().next().cloned()
+        {
+            slots.remove(&victim);
+            self.dirty.lock().remove(&victim);
+        }
         let s: Slot = Arc::default();
         slots.insert(strand.clone(), s.clone());
         s
@@ -164,9 +165,10 @@ impl DocumentView {
             snapshots: Vec::new(),
         });
         if let (Some(m), Some(last)) = (mark, c.last)
-            && m <= last {
-                rollback(c, m);
-            }
+            && m <= last
+        {
+            rollback(c, m);
+        }
         loop {
             let ops = self.store.read_strand(strand, c.last, PAGE).await?;
             if ops.is_empty() {

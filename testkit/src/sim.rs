@@ -352,9 +352,10 @@ async fn simulate(cfg: SimConfig) -> Result<SimOutcome> {
     }
     for t in timeline {
         if let Err(e) = t.await
-            && e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
     world.net.heal_all();
     world.net.set_faults(FaultConfig::none());

@@ -24,9 +24,11 @@ pub(crate) struct DemoArgs {
 fn bar(multi: &MultiProgress, len: u64, label: &str) -> ProgressBar {
     let pb = multi.add(ProgressBar::new(len));
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos:>7}/{len:7} {per_sec:>12} {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:40}] {pos:>7}/{len:7} {per_sec:>12} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(label.to_owned());
     pb

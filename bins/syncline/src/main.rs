@@ -8,7 +8,11 @@ mod demo;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "syncline", version, about = "Keeps per-document operation logs in sync between reactors")]
+#[command(
+    name = "syncline",
+    version,
+    about = "Keeps per-document operation logs in sync between reactors"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,7 +33,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,

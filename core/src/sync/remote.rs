@@ -120,9 +120,10 @@ impl SessionHandler for ClientHandler {
     fn notified(&self, _session: &Session, notification: Notification) {
         let Notification::Poke(_) = notification;
         if let Some(r) = self.remote.upgrade()
-            && r.config.mode.pulls() {
-                r.wake_pull.notify_one();
-            }
+            && r.config.mode.pulls()
+        {
+            r.wake_pull.notify_one();
+        }
     }
 }
 
@@ -261,9 +262,10 @@ impl RemoteShared {
                 return None;
             }
             if let Some(s) = rx.borrow_and_update().clone()
-                && !s.is_closed() {
-                    return Some(s);
-                }
+                && !s.is_closed()
+            {
+                return Some(s);
+            }
             tokio::select! {
                 biased;
                 _ = stop.changed() => {}
