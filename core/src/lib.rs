@@ -30,6 +30,8 @@ pub mod transport;
 pub mod types;
 pub mod view;
 
+pub use async_trait::async_trait;
+
 pub use auth::{AllowAll, PeerRule, Permissions, RulePermissions};
 pub use channel::{Channel, JobHandle, JobStatus, Mailbox, PullJobHandle};
 pub use clock::{Clock, Hlc, HlcClock, ManualClock, SystemClock, TokioClock};

@@ -151,3 +151,112 @@ pub async fn wait_for_count(reactors: &[&Reactor], count: u64, timeout: Duration
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A transport wrapper that counts the frames each link sends, by kind and message type
+/// (read from the binary header), for tests that check what went over the wire.
+pub mod counting {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use syncline_core::transport::{FrameSender, Link, Transport};
+    use syncline_core::{Acceptor, Result};
+
+    /// Frames sent, by `(kind, message type)` as in the binary header.
+    pub type Counts = Arc<Mutex<BTreeMap<(u8, u8), u64>>>;
+
+    /// Wraps a transport; every link it dials or accepts counts what it sends.
+    #[derive(Debug)]
+    pub struct Counting {
+        inner: Arc<dyn Transport>,
+        /// The counts.
+        pub counts: Counts,
+    }
+
+    impl Counting {
+        /// Wraps `inner`.
+        pub fn new(inner: Arc<dyn Transport>) -> Arc<Self> {
+            Arc::new(Counting {
+                inner,
+                counts: Counts::default(),
+            })
+        }
+
+        /// Requests of message type `ty` sent (kind 0).
+        pub fn requests(&self, ty: u8) -> u64 {
+            self.counts.lock().get(&(0, ty)).copied().unwrap_or(0)
+        }
+    }
+
+    struct CountingSender {
+        inner: Arc<dyn FrameSender>,
+        counts: Counts,
+    }
+
+    impl fmt::Debug for CountingSender {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("CountingSender")
+        }
+    }
+
+    #[syncline_core::async_trait]
+    impl FrameSender for CountingSender {
+        async fn send(&self, frame: bytes::Bytes) -> Result<()> {
+            if frame.len() >= 6 && frame.starts_with(b"SY") {
+                *self.counts.lock().entry((frame[4], frame[5])).or_default() += 1;
+            }
+            self.inner.send(frame).await
+        }
+
+        fn close(&self) {
+            self.inner.close()
+        }
+    }
+
+    fn wrap(link: Link, counts: &Counts) -> Link {
+        Link {
+            sender: Arc::new(CountingSender {
+                inner: link.sender,
+                counts: counts.clone(),
+            }),
+            receiver: link.receiver,
+            info: link.info,
+        }
+    }
+
+    #[syncline_core::async_trait]
+    impl Transport for Counting {
+        fn schemes(&self) -> Vec<&'static str> {
+            self.inner.schemes()
+        }
+
+        async fn connect(&self, url: &url::Url) -> Result<Link> {
+            Ok(wrap(self.inner.connect(url).await?, &self.counts))
+        }
+
+        async fn listen(&self, url: &url::Url) -> Result<Box<dyn Acceptor>> {
+            Ok(Box::new(CountingAcceptor {
+                inner: self.inner.listen(url).await?,
+                counts: self.counts.clone(),
+            }))
+        }
+    }
+
+    #[derive(Debug)]
+    struct CountingAcceptor {
+        inner: Box<dyn Acceptor>,
+        counts: Counts,
+    }
+
+    #[syncline_core::async_trait]
+    impl Acceptor for CountingAcceptor {
+        async fn accept(&mut self) -> Result<Link> {
+            Ok(wrap(self.inner.accept().await?, &self.counts))
+        }
+
+        fn local_url(&self) -> url::Url {
+            self.inner.local_url()
+        }
+    }
+}

@@ -143,6 +143,21 @@ pub struct SyncConfig {
     pub max_frame_bytes: usize,
     /// Most concurrent requests served per session.
     pub max_concurrent_requests: usize,
+    /// When a ping-pong remote carries pushes inside its pulls (seed 000's optimisation).
+    pub piggyback: Piggyback,
+}
+
+/// When pushes ride on pulls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Piggyback {
+    /// Never: pushes are always their own requests.
+    Never,
+    /// On links where the responder cannot call us (HTTP): one request does both.
+    #[default]
+    NonDuplex,
+    /// On every link.
+    Always,
 }
 
 impl Default for SyncConfig {
@@ -163,6 +178,7 @@ impl Default for SyncConfig {
             private_scopes: Vec::new(),
             max_frame_bytes: 32 << 20,
             max_concurrent_requests: 64,
+            piggyback: Piggyback::NonDuplex,
         }
     }
 }

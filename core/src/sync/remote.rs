@@ -9,6 +9,7 @@
 //!   scheduler says, when poked, or at once while the remote has more; the pulled operations
 //!   and the new inbox cursor commit in one transaction.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,25 +21,25 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
 use super::responder::Responder;
 use super::state::{DeadLetter, Direction, RemoteRecord, SyncState};
 use super::window::OutboxWindow;
-use super::{ConnectionState, Failure, RemoteConfig, RemoteStatus, SyncContext};
+use super::{ConnectionState, Failure, Piggyback, RemoteConfig, RemoteStatus, SyncContext};
 use crate::channel::{Channel, JobHandle, JobStatus, PullJobHandle};
 use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::events::OperationsWritten;
 use crate::filter::Filter;
 use crate::protocol::{
-    Ack, Directory, Hello, Notification, PROTOCOL_VERSION, Pull, Push, Register, Request, Response,
-    StrandUpdate,
+    Ack, Directory, Hello, Notification, PROTOCOL_VERSION, Pull, Push, PushResult, Pushed,
+    Register, Request, Response, StrandUpdate,
 };
 use crate::queue::JobKind;
 use crate::scheduler::{PullReport, Signal};
-use crate::session::{Reply, Session, SessionHandler};
+use crate::session::{Session, SessionHandler};
 use crate::telemetry;
 use crate::transport::parse_url;
 use crate::types::{JobId, Operation, Ordinal, ReactorId, StrandHead};
@@ -77,6 +78,35 @@ enum Delivery {
 
 type Delivering = Pin<Box<dyn Future<Output = (JobHandle, Delivery, bool)> + Send>>;
 
+/// How long a batch offered for piggybacking waits for the puller before it is pushed alone.
+const PIGGYBACK_WAIT: Duration = Duration::from_millis(50);
+
+/// A push waiting to ride on the next pull.
+struct Piggy {
+    id: JobId,
+    push: Push,
+    reply: oneshot::Sender<Result<Pushed>>,
+}
+
+/// A piggybacked push taken by the puller; answers `Closed` if dropped unanswered.
+struct TakenPiggy(Option<Piggy>);
+
+impl TakenPiggy {
+    fn answer(&mut self, result: Result<Pushed>) {
+        if let Some(p) = self.0.take() {
+            let _ = p.reply.send(result);
+        }
+    }
+}
+
+impl Drop for TakenPiggy {
+    fn drop(&mut self) {
+        self.answer(Err(Error::closed(
+            "the pull carrying the push did not finish",
+        )));
+    }
+}
+
 /// The state one remote's tasks share.
 pub(crate) struct RemoteShared {
     ctx: Arc<SyncContext>,
@@ -93,6 +123,7 @@ pub(crate) struct RemoteShared {
     stop: watch::Sender<bool>,
     draining: AtomicBool,
     inbox_cursor: AtomicU64,
+    piggy: Mutex<VecDeque<Piggy>>,
 }
 
 impl fmt::Debug for RemoteShared {
@@ -169,6 +200,7 @@ impl RemoteShared {
             stop: watch::channel(false).0,
             draining: AtomicBool::new(false),
             inbox_cursor: AtomicU64::new(inbox.0),
+            piggy: Mutex::new(VecDeque::new()),
             config,
         });
         let mut tasks = TaskGroup::default();
@@ -568,7 +600,6 @@ impl RemoteShared {
             strands: StrandUpdate::group(handle.operations()),
         });
         let n = handle.operations().len();
-        let timeout = self.ctx.config.request_timeout;
         let policy = self.ctx.config.retry;
         let mut attempts = 0u32;
         let error = loop {
@@ -576,12 +607,8 @@ impl RemoteShared {
                 return (handle, Delivery::Stopped, requeued);
             };
             let started = Instant::now();
-            let err = match session.request(&request, timeout).await {
-                Ok(Reply {
-                    response: Response::Pushed(_),
-                    request_bytes,
-                    ..
-                }) => {
+            let err = match self.send_push(&session, &request, handle.id()).await {
+                Ok(request_bytes) => {
                     let rtt = started.elapsed();
                     let _ = handle.advance(JobStatus::Applied);
                     telemetry::push_done(self.name(), n, request_bytes, "applied", rtt);
@@ -599,7 +626,6 @@ impl RemoteShared {
                     }
                     return (handle, Delivery::Applied, requeued);
                 }
-                Ok(reply) => unexpected("push", &reply.response),
                 Err(e) => e,
             };
             self.failed(&err);
@@ -668,6 +694,69 @@ impl RemoteShared {
         }
         handle.fail(error);
         (handle, Delivery::DeadLettered, requeued)
+    }
+
+    fn piggybacks_on(&self, session: &Session) -> bool {
+        self.config.mode.pulls()
+            && match self.ctx.config.piggyback {
+                Piggyback::Never => false,
+                Piggyback::NonDuplex => !session.info().duplex,
+                Piggyback::Always => true,
+            }
+    }
+
+    /// Sends one push, alone or riding on the next pull; returns the request's size.
+    async fn send_push(&self, session: &Session, request: &Request, id: JobId) -> Result<usize> {
+        let timeout = self.ctx.config.request_timeout;
+        if let (true, Request::Push(push)) = (self.piggybacks_on(session), request) {
+            let (reply, mut rx) = oneshot::channel();
+            self.piggy.lock().push_back(Piggy {
+                id,
+                push: push.clone(),
+                reply,
+            });
+            self.wake_pull.notify_one();
+            let early = tokio::select! {
+                biased;
+                r = &mut rx => Some(r),
+                _ = tokio::time::sleep(PIGGYBACK_WAIT) => None,
+            };
+            let answer = match early {
+                Some(r) => Some(r),
+                None => {
+                    // Not picked up in time: take it back and push it alone.
+                    let taken_back = {
+                        let mut q = self.piggy.lock();
+                        let pos = q.iter().position(|p| p.id == id);
+                        pos.and_then(|pos| q.remove(pos)).is_some()
+                    };
+                    if taken_back {
+                        None
+                    } else {
+                        Some(
+                            tokio::time::timeout(timeout * 2, rx)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Ok(Err(Error::new(
+                                        ErrorKind::Timeout,
+                                        "the pull carrying the push timed out",
+                                    )))
+                                }),
+                        )
+                    }
+                }
+            };
+            if let Some(r) = answer {
+                return r
+                    .unwrap_or_else(|_| Err(Error::closed("the puller stopped")))
+                    .map(|_| 0);
+            }
+        }
+        let reply = session.request(request, timeout).await?;
+        match reply.response {
+            Response::Pushed(_) => Ok(reply.request_bytes),
+            other => Err(unexpected("push", &other)),
+        }
     }
 
     async fn forget_dead_letter(&self, handle: &JobHandle) {
@@ -771,17 +860,37 @@ impl RemoteShared {
         });
         let timeout = self.ctx.config.request_timeout;
         let started = Instant::now();
+        let mut piggy = TakenPiggy(if self.piggybacks_on(session) {
+            self.piggy.lock().pop_front()
+        } else {
+            None
+        });
         let request = Request::Pull(Pull {
             listener_id: listener_id.clone(),
             cursor,
             limit: self.ctx.config.pull_batch_ops as u32,
-            push: None,
+            push: piggy.0.as_ref().map(|p| p.push.clone()),
         });
-        let reply = session.request(&request, timeout).await?;
+        let reply = match session.request(&request, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                piggy.answer(Err(e.clone()));
+                return Err(e);
+            }
+        };
         let rtt = started.elapsed();
-        let Response::Pulled(pulled) = reply.response else {
+        let Response::Pulled(mut pulled) = reply.response else {
             return Err(unexpected("pull", &reply.response));
         };
+        if piggy.0.is_some() {
+            piggy.answer(match pulled.push_result.take() {
+                Some(PushResult::Ok(p)) => Ok(p),
+                Some(PushResult::Err(e)) => Err(e.into()),
+                None => Err(Error::malformed(
+                    "the responder ignored the push carried by the pull",
+                )),
+            });
+        }
         if pulled.cursor < cursor {
             return Err(Error::malformed(format!(
                 "remote {} moved the cursor back from {cursor} to {}",

@@ -762,3 +762,35 @@ async fn submissions_are_validated() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn pushes_ride_on_pulls_when_piggybacking() {
+    use syncline_core::sync::Piggyback;
+    use syncline_testkit::counting::Counting;
+    let net = MemoryNetwork::new();
+    let counting = Counting::new(net.transport("a"));
+    let mut config = fast_config();
+    config.sync.piggyback = Piggyback::Always;
+    let a = Reactor::builder(ReactorId::new("a").unwrap())
+        .store(Arc::new(MemoryStore::new()))
+        .transport(counting.clone())
+        .config(config)
+        .seed(1)
+        .start()
+        .await
+        .unwrap();
+    let b = start_memory(&net, "b", 2).await.unwrap();
+    submit_increments(&a, "doc", 300, 30).await.unwrap();
+    submit_increments(&b, "other", 100, 10).await.unwrap();
+    a.sync()
+        .add_remote(remote("b", SyncMode::PingPong))
+        .await
+        .unwrap();
+    a.sync().wait_for_sync("b", WAIT).await.unwrap();
+    wait_for_count(&[&a, &b], 400, WAIT).await.unwrap();
+    // Message types: 3 pull, 5 push.
+    assert_eq!(counting.requests(5), 0, "no push travelled alone");
+    assert!(counting.requests(3) > 0);
+    let channel = a.sync().channel("b").unwrap();
+    assert!(channel.outbox.is_empty());
+}
