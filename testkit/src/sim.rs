@@ -166,7 +166,7 @@ impl World {
         let store: DynStore = self.stores[i].clone();
         let mut config = sim_config();
         // A third of the runs carry pushes inside pulls, under the same faults.
-        if self.seed % 3 == 0 {
+        if self.seed.is_multiple_of(3) {
             config.sync.piggyback = syncline_core::sync::Piggyback::Always;
         }
         start_with_clock(
