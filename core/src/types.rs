@@ -169,6 +169,11 @@ macro_rules! uuid_type {
                 $name(uuid::Builder::from_random_bytes(bytes).into_uuid())
             }
 
+            /// The id with exactly these 16 bytes (as stored or sent).
+            pub fn from_bytes(bytes: [u8; 16]) -> Self {
+                $name(Uuid::from_bytes(bytes))
+            }
+
             /// The raw 16 bytes.
             pub fn as_bytes(&self) -> &[u8; 16] {
                 self.0.as_bytes()

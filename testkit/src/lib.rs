@@ -260,3 +260,81 @@ pub mod counting {
         }
     }
 }
+
+pub mod redis_server;
+pub mod store_suite;
+
+/// What the crash tests write and check.
+pub mod crash {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use syncline_core::sync::{Direction, SyncState};
+    use syncline_core::testing::op_at;
+    use syncline_core::{DynStore, Operation, Ordinal, RemoteName, Result};
+
+    /// The operations of batch `b` of `writer`: ids and times derive from both.
+    pub fn batch_ops(writer: u64, b: u64, per: u64) -> Vec<Operation> {
+        (0..per)
+            .map(|j| {
+                let n = writer * 1_000_000 + b * 1_000 + j;
+                op_at(&format!("w{writer}"), n, 1_700_000_000_000 + n, "child")
+            })
+            .collect()
+    }
+
+    /// Checks a store after a writer was killed: every acknowledged batch is complete, no batch
+    /// is partial, the writer's cursor (written with each batch) names exactly the batches
+    /// present, and ordinals have no gaps. Returns the number of complete batches.
+    pub async fn verify(
+        store: &DynStore,
+        writer: u64,
+        per: u64,
+        acked: &BTreeSet<u64>,
+        attempted: u64,
+    ) -> Result<u64> {
+        let all = crate::read_all(store).await?;
+        for (i, s) in all.iter().enumerate() {
+            assert_eq!(
+                s.ordinal,
+                Ordinal(i as u64 + 1),
+                "ordinals have a gap or repeat"
+            );
+        }
+        let mut present: BTreeMap<u64, u64> = BTreeMap::new();
+        let ids: BTreeSet<_> = all.iter().map(|s| s.op.id).collect();
+        for b in 0..attempted {
+            let n = batch_ops(writer, b, per)
+                .iter()
+                .filter(|o| ids.contains(&o.id))
+                .count() as u64;
+            assert!(
+                n == 0 || n == per,
+                "writer {writer} batch {b} is half applied: {n} of {per} operations"
+            );
+            if n == per {
+                present.insert(b, n);
+            }
+        }
+        for b in acked {
+            assert!(
+                present.contains_key(b),
+                "writer {writer} batch {b} was acknowledged but is missing"
+            );
+        }
+        let complete = present.len() as u64;
+        assert_eq!(
+            present.keys().copied().collect::<Vec<_>>(),
+            (0..complete).collect::<Vec<_>>(),
+            "writer {writer}: batches are applied in order"
+        );
+        let cursor = SyncState::new(store.clone())
+            .cursor(&RemoteName::new(format!("w{writer}"))?, Direction::Inbox)
+            .await?;
+        assert_eq!(
+            cursor,
+            Ordinal(complete),
+            "writer {writer}: the cursor committed with the batches names exactly them"
+        );
+        Ok(complete)
+    }
+}

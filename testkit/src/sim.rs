@@ -61,6 +61,16 @@ impl Topology {
     }
 }
 
+/// Which store the reactors run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SimStore {
+    /// The in-memory store.
+    #[default]
+    Memory,
+    /// A redb file per reactor (run inline, without fsync, to keep the run on one thread).
+    Redb,
+}
+
 /// One simulation's parameters.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -82,6 +92,8 @@ pub struct SimConfig {
     pub crashes: usize,
     /// Largest wall-clock skew of a reactor, in ms either way.
     pub clock_skew_ms: i64,
+    /// The store.
+    pub store: SimStore,
 }
 
 impl SimConfig {
@@ -103,6 +115,7 @@ impl SimConfig {
             partitions: 3,
             crashes: 1 + (seed as usize % 2),
             clock_skew_ms: 5_000,
+            store: SimStore::Memory,
         }
     }
 }
@@ -155,7 +168,7 @@ fn sim_config() -> syncline_core::ReactorConfig {
 
 struct World {
     net: MemoryNetwork,
-    stores: Vec<Arc<MemoryStore>>,
+    stores: Vec<DynStore>,
     clocks: Vec<Arc<dyn Clock>>,
     slots: Mutex<Vec<Option<Reactor>>>,
     seed: u64,
@@ -163,7 +176,7 @@ struct World {
 
 impl World {
     async fn boot(&self, i: usize, generation: u64) -> Result<Reactor> {
-        let store: DynStore = self.stores[i].clone();
+        let store = self.stores[i].clone();
         let mut config = sim_config();
         // A third of the runs carry pushes inside pulls, under the same faults.
         if self.seed.is_multiple_of(3) {
@@ -276,12 +289,47 @@ async fn converged(world: &World, n: usize) -> Result<bool> {
     Ok(sets.windows(2).all(|w| w[0] == w[1]))
 }
 
+async fn open_stores(cfg: &SimConfig, dir: &std::path::Path) -> Result<Vec<DynStore>> {
+    let mut out: Vec<DynStore> = Vec::new();
+    for i in 0..cfg.reactors {
+        out.push(match cfg.store {
+            SimStore::Memory => Arc::new(MemoryStore::new()),
+            SimStore::Redb => Arc::new(
+                syncline_store_redb::RedbStore::open_with(
+                    dir.join(format!("r{i}.redb")),
+                    syncline_store_redb::RedbOptions {
+                        blocking: syncline_store_redb::Blocking::Inline,
+                        durable: false,
+                    },
+                )
+                .await?,
+            ),
+        });
+    }
+    Ok(out)
+}
+
 async fn simulate(cfg: SimConfig) -> Result<SimOutcome> {
-    let n = cfg.reactors;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let dir = std::env::temp_dir().join(format!(
+        "syncline-sim-{}-{}-{}",
+        std::process::id(),
+        cfg.seed,
+        rng.random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| syncline_core::Error::internal(format!("creating {}: {e}", dir.display())))?;
+    let stores = open_stores(&cfg, &dir).await?;
+    let result = simulate_on(cfg, rng, stores).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn simulate_on(cfg: SimConfig, mut rng: StdRng, stores: Vec<DynStore>) -> Result<SimOutcome> {
+    let n = cfg.reactors;
     let world = Arc::new(World {
         net: MemoryNetwork::with_faults(cfg.seed, cfg.faults),
-        stores: (0..n).map(|_| Arc::new(MemoryStore::new())).collect(),
+        stores,
         clocks: (0..n)
             .map(|_| {
                 let skew = rng.random_range(-cfg.clock_skew_ms..=cfg.clock_skew_ms);

@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod sim;
+mod stores;
 mod sync;

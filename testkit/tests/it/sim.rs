@@ -66,3 +66,23 @@ fn a_seed_replays_exactly() {
     );
     assert_eq!(first.stats, again.stats);
 }
+
+#[test]
+fn simulation_on_redb() {
+    use syncline_testkit::sim::SimStore;
+    let count: u64 = std::env::var("SYNCLINE_SIM_REDB_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let mut failures = Vec::new();
+    for seed in 1000..1000 + count {
+        let mut cfg = SimConfig::for_seed(seed);
+        cfg.store = SimStore::Redb;
+        match run(&cfg) {
+            Ok(out) if out.report.is_clean() && out.acked > 0 => {}
+            Ok(out) => failures.push(format!("seed {seed} on redb: {}", out.report)),
+            Err(e) => failures.push(format!("seed {seed} on redb failed to run: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,628 @@
+//! The syncline store on Redis.
+//!
+//! Several node processes (or machines) can share one dataset: an `apply` is one Lua script,
+//! which Redis runs atomically, and ordinals come from `RPUSH` on one list, so two writers never
+//! allocate the same ordinal and the feed has no gaps. Every key of a dataset starts with
+//! `syncline:{<dataset>}:`, so several datasets share one server.
+//!
+//! ## Key layout (`P` = `syncline:{<dataset>}`)
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `P:ops` | list | postcard of `(Operation, Option<ReactorId>)`; index = ordinal − 1 |
+//! | `P:ids` | hash | op id (16 bytes) → ordinal |
+//! | `P:s:<strand key>` | sorted set | score 0, member = sort key (28 bytes); lexical order is canonical order |
+//! | `P:strands:rev`, `P:strands:ord`, `P:strands:type` | hash | strand key → revision, last ordinal, document type |
+//! | `P:meta:<space>` | hash | the sync storage |
+//! | `P:format` | string | the layout version |
+//!
+//! Strand and sort keys are encoded as in the redb store. Connection loss surfaces as
+//! `Unavailable` (retryable); the connection manager reconnects by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError, Script};
+use serde::{Deserialize, Serialize};
+use syncline_core::filter::ReadFilter;
+use syncline_core::store::{
+    ApplyBatch, ApplyOutcome, MAX_SCAN_ROWS, MetaSpace, MetaWrite, OpOutcome, OperationStore,
+    ReadPage, SyncStorage,
+};
+use syncline_core::{
+    DocumentType, Error, ErrorKind, OpId, Operation, Ordinal, ReactorId, Result, SortKey, StoredOp,
+    StrandHead, StrandId,
+};
+
+/// The layout version written into every dataset.
+pub const FORMAT_VERSION: u32 = 1;
+
+const APPLY: &str = r#"
+local p = ARGV[1]
+local n = tonumber(ARGV[2])
+local out = {}
+local i = 3
+for _ = 1, n do
+  local id, skey, member, rec, dtype = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  local existing = redis.call('HGET', p .. ':ids', id)
+  if existing then
+    out[#out + 1] = -tonumber(existing)
+  else
+    local ord = redis.call('RPUSH', p .. ':ops', rec)
+    redis.call('HSET', p .. ':ids', id, ord)
+    redis.call('ZADD', p .. ':s:' .. skey, 0, member)
+    redis.call('HINCRBY', p .. ':strands:rev', skey, 1)
+    redis.call('HSET', p .. ':strands:ord', skey, ord)
+    redis.call('HSETNX', p .. ':strands:type', skey, dtype)
+    out[#out + 1] = ord
+  end
+end
+local m = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, m do
+  local space, key, put, val = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if put == '1' then
+    redis.call('HSET', p .. ':meta:' .. space, key, val)
+  else
+    redis.call('HDEL', p .. ':meta:' .. space, key)
+  end
+end
+out[#out + 1] = redis.call('LLEN', p .. ':ops')
+return out
+"#;
+
+const READ_SINCE: &str = r#"
+local p = ARGV[1]
+local from = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local head = redis.call('LLEN', p .. ':ops')
+local rows = {}
+if count > 0 and from < head then
+  rows = redis.call('LRANGE', p .. ':ops', from, from + count - 1)
+end
+return {head, rows}
+"#;
+
+const READ_STRAND: &str = r#"
+local p = ARGV[1]
+local members = redis.call('ZRANGEBYLEX', p .. ':s:' .. ARGV[2], ARGV[3], '+', 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, m in ipairs(members) do
+  local ord = redis.call('HGET', p .. ':ids', string.sub(m, 13, 28))
+  if not ord then
+    return redis.error_reply('CORRUPT the strand index names an operation with no ordinal')
+  end
+  out[#out + 1] = tonumber(ord)
+  out[#out + 1] = redis.call('LINDEX', p .. ':ops', tonumber(ord) - 1)
+end
+return out
+"#;
+
+const HEADS: &str = r#"
+local p = ARGV[1]
+local revs = redis.call('HGETALL', p .. ':strands:rev')
+local out = {}
+for i = 1, #revs, 2 do
+  local skey = revs[i]
+  local last = redis.call('ZRANGE', p .. ':s:' .. skey, -1, -1)
+  out[#out + 1] = skey
+  out[#out + 1] = tonumber(revs[i + 1])
+  out[#out + 1] = last[1] or ''
+  out[#out + 1] = tonumber(redis.call('HGET', p .. ':strands:ord', skey) or '0')
+  out[#out + 1] = redis.call('HGET', p .. ':strands:type', skey) or ''
+end
+return out
+"#;
+
+const GET: &str = r#"
+local p = ARGV[1]
+local ord = redis.call('HGET', p .. ':ids', ARGV[2])
+if not ord then
+  return {}
+end
+return {tonumber(ord), redis.call('LINDEX', p .. ':ops', tonumber(ord) - 1)}
+"#;
+
+/// A store in one Redis dataset.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    url: String,
+    apply: Script,
+    read_since: Script,
+    read_strand: Script,
+    heads: Script,
+    get: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.prefix)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    op: &'a Operation,
+    source: &'a Option<ReactorId>,
+}
+
+#[derive(Deserialize)]
+struct Record {
+    op: Operation,
+    source: Option<ReactorId>,
+}
+
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Inner {
+    fn err(&self, what: &str, e: RedisError) -> Error {
+        let retryable = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_cluster_error();
+        let kind = if retryable {
+            ErrorKind::Unavailable
+        } else if e.code() == Some("CORRUPT") {
+            ErrorKind::Corrupt
+        } else {
+            ErrorKind::Storage
+        };
+        Error::new(
+            kind,
+            format!(
+                "redis store {} ({}): {what}: {e}",
+                redacted(&self.url),
+                self.prefix
+            ),
+        )
+    }
+}
+
+fn strand_key(doc: &str, scope: &str, branch: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + doc.len() + scope.len() + branch.len());
+    for part in [doc, scope, branch] {
+        k.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        k.extend_from_slice(part.as_bytes());
+    }
+    k
+}
+
+fn parse_strand_key(k: &[u8]) -> Option<StrandId> {
+    let mut parts = Vec::with_capacity(3);
+    let mut rest = k;
+    for _ in 0..3 {
+        if rest.len() < 2 {
+            return None;
+        }
+        let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        parts.push(std::str::from_utf8(rest.get(2..2 + n)?).ok()?);
+        rest = &rest[2 + n..];
+    }
+    StrandId::parse(parts[0], Some(parts[1]), Some(parts[2])).ok()
+}
+
+fn sort_key_bytes(k: &SortKey) -> [u8; 28] {
+    let mut out = [0u8; 28];
+    out[..8].copy_from_slice(&k.timestamp.millis.to_be_bytes());
+    out[8..12].copy_from_slice(&k.timestamp.counter.to_be_bytes());
+    out[12..].copy_from_slice(k.id.as_bytes());
+    out
+}
+
+fn parse_sort_key(b: &[u8]) -> Option<SortKey> {
+    if b.len() != 28 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&b[12..]);
+    Some(SortKey {
+        timestamp: syncline_core::Hlc {
+            millis: u64::from_be_bytes(b[..8].try_into().ok()?),
+            counter: u32::from_be_bytes(b[8..12].try_into().ok()?),
+        },
+        id: OpId::from_bytes(id),
+    })
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[:password@]host:port/db`) and uses the dataset `dataset`.
+    pub async fn open(url: &str, dataset: &str) -> Result<Self> {
+        if dataset.is_empty() || dataset.contains(['{', '}']) {
+            return Err(Error::invalid(format!(
+                "redis dataset name {dataset:?} must be non-empty and free of braces"
+            )));
+        }
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::invalid(format!("{:?} is not a valid Redis URL: {e}", redacted(url)))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("cannot connect to redis at {}: {e}", redacted(url)),
+                )
+            })?;
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: format!("syncline:{{{dataset}}}"),
+                url: url.to_owned(),
+                apply: Script::new(APPLY),
+                read_since: Script::new(READ_SINCE),
+                read_strand: Script::new(READ_STRAND),
+                heads: Script::new(HEADS),
+                get: Script::new(GET),
+            }),
+        };
+        store.check_format().await?;
+        Ok(store)
+    }
+
+    async fn check_format(&self) -> Result<()> {
+        let mut c = self.inner.conn.clone();
+        let key = format!("{}:format", self.inner.prefix);
+        let set: bool = c
+            .set_nx(&key, FORMAT_VERSION)
+            .await
+            .map_err(|e| self.inner.err("writing the format version", e))?;
+        if !set {
+            let found: String = c
+                .get(&key)
+                .await
+                .map_err(|e| self.inner.err("reading the format version", e))?;
+            if found != FORMAT_VERSION.to_string() {
+                return Err(Error::new(
+                    ErrorKind::FormatVersion,
+                    format!(
+                        "redis dataset {} has format version {found}; this build reads version \
+                         {FORMAT_VERSION}",
+                        self.inner.prefix
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every key of the dataset (for tests and `syncline` maintenance).
+    pub async fn destroy(&self) -> Result<()> {
+        let mut c = self.inner.conn.clone();
+        let pattern = format!("{}:*", self.inner.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.inner.err("scanning keys", e))?;
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| self.inner.err("deleting keys", e))?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn decode(&self, ordinal: u64, bytes: &[u8]) -> Result<StoredOp> {
+        let r: Record = postcard::from_bytes(bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "redis store {}: operation {ordinal} does not decode: {e}",
+                    self.inner.prefix
+                ),
+            )
+        })?;
+        Ok(StoredOp {
+            ordinal: Ordinal(ordinal),
+            op: Arc::new(r.op),
+            source: r.source,
+        })
+    }
+}
+
+#[async_trait]
+impl OperationStore for RedisStore {
+    async fn apply(&self, batch: ApplyBatch) -> Result<ApplyOutcome> {
+        let inner = &self.inner;
+        let mut inv = inner.apply.prepare_invoke();
+        inv.arg(&inner.prefix).arg(batch.ops.len());
+        for incoming in &batch.ops {
+            let op = &incoming.op;
+            let record = postcard::to_stdvec(&RecordRef {
+                op,
+                source: &incoming.source,
+            })
+            .map_err(|e| Error::internal(format!("encoding an operation failed: {e}")))?;
+            inv.arg(op.id.as_bytes().as_slice())
+                .arg(strand_key(
+                    op.document_id.as_str(),
+                    op.scope.as_str(),
+                    op.branch.as_str(),
+                ))
+                .arg(sort_key_bytes(&op.sort_key()).as_slice())
+                .arg(record)
+                .arg(op.document_type.as_str());
+        }
+        inv.arg(batch.meta.len());
+        for w in &batch.meta {
+            inv.arg(w.space.as_str()).arg(&w.key);
+            match &w.value {
+                Some(v) => inv.arg("1").arg(v.as_ref()),
+                None => inv.arg("0").arg(""),
+            };
+        }
+        let mut c = inner.conn.clone();
+        let result: Vec<i64> = inv
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| inner.err("applying a batch", e))?;
+        let Some((&head, outcomes)) = result.split_last() else {
+            return Err(Error::internal("the apply script returned nothing"));
+        };
+        if outcomes.len() != batch.ops.len() {
+            return Err(Error::internal(format!(
+                "the apply script returned {} outcomes for {} operations",
+                outcomes.len(),
+                batch.ops.len()
+            )));
+        }
+        Ok(ApplyOutcome {
+            outcomes: outcomes
+                .iter()
+                .map(|&o| {
+                    if o < 0 {
+                        OpOutcome::Duplicate(Ordinal(o.unsigned_abs()))
+                    } else {
+                        OpOutcome::New(Ordinal(o as u64))
+                    }
+                })
+                .collect(),
+            head: Ordinal(head as u64),
+        })
+    }
+
+    async fn read_since(
+        &self,
+        after: Ordinal,
+        limit: usize,
+        filter: &ReadFilter,
+    ) -> Result<ReadPage> {
+        let inner = &self.inner;
+        let mut c = inner.conn.clone();
+        let chunk = limit.clamp(1, 4096);
+        let mut page = ReadPage {
+            ops: Vec::with_capacity(limit.min(4096)),
+            scanned_to: after,
+            head: after,
+        };
+        let mut scanned = 0;
+        loop {
+            let (head, rows): (u64, Vec<Vec<u8>>) = inner
+                .read_since
+                .arg(&inner.prefix)
+                .arg(page.scanned_to.0)
+                .arg(chunk)
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| inner.err("reading the feed", e))?;
+            page.head = Ordinal(head);
+            if rows.is_empty() {
+                return Ok(page);
+            }
+            for row in &rows {
+                if page.ops.len() >= limit || scanned >= MAX_SCAN_ROWS {
+                    return Ok(page);
+                }
+                let stored = self.decode(page.scanned_to.0 + 1, row)?;
+                page.scanned_to = stored.ordinal;
+                scanned += 1;
+                if filter.matches(&stored) {
+                    page.ops.push(stored);
+                }
+            }
+        }
+    }
+
+    async fn read_strand(
+        &self,
+        strand: &StrandId,
+        after: Option<SortKey>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Operation>>> {
+        let inner = &self.inner;
+        let mut c = inner.conn.clone();
+        let start: Vec<u8> = match after {
+            Some(k) => {
+                let mut s = b"(".to_vec();
+                s.extend_from_slice(&sort_key_bytes(&k));
+                s
+            }
+            None => b"-".to_vec(),
+        };
+        let rows: Vec<redis::Value> = inner
+            .read_strand
+            .arg(&inner.prefix)
+            .arg(strand_key(
+                strand.document_id.as_str(),
+                strand.scope.as_str(),
+                strand.branch.as_str(),
+            ))
+            .arg(start)
+            .arg(limit.min(i64::MAX as usize))
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| inner.err("reading a strand", e))?;
+        let mut out = Vec::with_capacity(rows.len() / 2);
+        for pair in rows.chunks(2) {
+            let (ord, rec) = match pair {
+                [redis::Value::Int(o), redis::Value::BulkString(b)] => (*o as u64, b),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "redis store {}: a strand index entry points at no operation",
+                            inner.prefix
+                        ),
+                    ));
+                }
+            };
+            out.push(self.decode(ord, rec)?.op);
+        }
+        Ok(out)
+    }
+
+    async fn heads(&self) -> Result<Vec<StrandHead>> {
+        let inner = &self.inner;
+        let mut c = inner.conn.clone();
+        let rows: Vec<redis::Value> = inner
+            .heads
+            .arg(&inner.prefix)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| inner.err("reading strand heads", e))?;
+        let corrupt = || {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("redis store {}: a strand head does not parse", inner.prefix),
+            )
+        };
+        let mut out = Vec::new();
+        for row in rows.chunks(5) {
+            let [
+                redis::Value::BulkString(skey),
+                redis::Value::Int(rev),
+                redis::Value::BulkString(last),
+                redis::Value::Int(ord),
+                redis::Value::BulkString(dtype),
+            ] = row
+            else {
+                return Err(corrupt());
+            };
+            let strand = parse_strand_key(skey).ok_or_else(corrupt)?;
+            let last = parse_sort_key(last).ok_or_else(corrupt)?;
+            let document_type =
+                DocumentType::new(String::from_utf8_lossy(dtype)).map_err(|_| corrupt())?;
+            out.push(StrandHead {
+                strand,
+                document_type,
+                revision: *rev as u64,
+                last,
+                last_ordinal: Ordinal(*ord as u64),
+            });
+        }
+        out.sort_by(|a, b| a.strand.cmp(&b.strand));
+        Ok(out)
+    }
+
+    async fn head(&self) -> Result<Ordinal> {
+        let mut c = self.inner.conn.clone();
+        let n: u64 = c
+            .llen(format!("{}:ops", self.inner.prefix))
+            .await
+            .map_err(|e| self.inner.err("reading the head", e))?;
+        Ok(Ordinal(n))
+    }
+
+    async fn get(&self, id: &OpId) -> Result<Option<StoredOp>> {
+        let inner = &self.inner;
+        let mut c = inner.conn.clone();
+        let row: Vec<redis::Value> = inner
+            .get
+            .arg(&inner.prefix)
+            .arg(id.as_bytes().as_slice())
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| inner.err("looking up an id", e))?;
+        match row.as_slice() {
+            [] => Ok(None),
+            [redis::Value::Int(o), redis::Value::BulkString(b)] => {
+                Ok(Some(self.decode(*o as u64, b)?))
+            }
+            _ => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("redis store {}: operation {id} has no record", inner.prefix),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl SyncStorage for RedisStore {
+    async fn get_meta(&self, space: MetaSpace, key: &str) -> Result<Option<Bytes>> {
+        let mut c = self.inner.conn.clone();
+        let v: Option<Vec<u8>> = c
+            .hget(
+                format!("{}:meta:{}", self.inner.prefix, space.as_str()),
+                key,
+            )
+            .await
+            .map_err(|e| self.inner.err("reading sync storage", e))?;
+        Ok(v.map(Bytes::from))
+    }
+
+    async fn write_meta(&self, writes: Vec<MetaWrite>) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for w in &writes {
+            let key = format!("{}:meta:{}", self.inner.prefix, w.space.as_str());
+            match &w.value {
+                Some(v) => pipe.hset(key, &w.key, v.as_ref()).ignore(),
+                None => pipe.hdel(key, &w.key).ignore(),
+            };
+        }
+        let mut c = self.inner.conn.clone();
+        pipe.query_async::<()>(&mut c)
+            .await
+            .map_err(|e| self.inner.err("writing sync storage", e))
+    }
+
+    async fn list_meta(&self, space: MetaSpace) -> Result<Vec<(String, Bytes)>> {
+        let mut c = self.inner.conn.clone();
+        let mut all: Vec<(String, Vec<u8>)> = c
+            .hgetall(format!("{}:meta:{}", self.inner.prefix, space.as_str()))
+            .await
+            .map_err(|e| self.inner.err("listing sync storage", e))?;
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect())
+    }
+}
