@@ -50,7 +50,7 @@ impl JobExecutor {
             JobKind::Submit(sub) => {
                 let n = sub.actions.len();
                 let first = self.hlc.tick_many(n as u32);
-                let ids = self.entropy.op_ids(n);
+                let ids = self.entropy.op_ids(n, first.millis);
                 for (i, (action, id)) in sub.actions.drain(..).zip(ids).enumerate() {
                     let op = Operation {
                         id,

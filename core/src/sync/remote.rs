@@ -78,6 +78,10 @@ enum Delivery {
 
 type Delivering = Pin<Box<dyn Future<Output = (JobHandle, Delivery, bool)> + Send>>;
 
+/// How often a pusher looks at the feed without being woken (writes by other processes on a
+/// shared store raise no local event).
+const FEED_POLL: Duration = Duration::from_secs(1);
+
 /// How long a batch offered for piggybacking waits for the puller before it is pushed alone.
 const PIGGYBACK_WAIT: Duration = Duration::from_millis(50);
 
@@ -560,10 +564,12 @@ impl RemoteShared {
                 s.in_flight = n;
                 changed
             });
-            let retry_read = if read_failed {
+            // Events wake the pusher for local writes; the poll catches writes made by other
+            // processes sharing the store, and retries a failed read.
+            let poll = if read_failed {
                 Duration::from_millis(500)
             } else {
-                Duration::from_secs(86_400)
+                FEED_POLL
             };
             tokio::select! {
                 biased;
@@ -583,7 +589,7 @@ impl RemoteShared {
                     inflight.push(Box::pin(self.clone().deliver(handle, true)));
                 }
                 _ = self.wake_push.notified() => {}
-                _ = tokio::time::sleep(retry_read), if read_failed => {}
+                _ = tokio::time::sleep(poll) => {}
             }
         }
     }

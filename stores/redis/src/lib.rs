@@ -45,21 +45,42 @@ local p = ARGV[1]
 local n = tonumber(ARGV[2])
 local out = {}
 local i = 3
+local head = redis.call('LLEN', p .. ':ops')
+local recs = {}
+local strands = {}
+local order = {}
 for _ = 1, n do
   local id, skey, member, rec, dtype = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
-  local existing = redis.call('HGET', p .. ':ids', id)
-  if existing then
-    out[#out + 1] = -tonumber(existing)
+  if redis.call('HSETNX', p .. ':ids', id, head + 1) == 1 then
+    head = head + 1
+    recs[#recs + 1] = rec
+    local s = strands[skey]
+    if not s then
+      s = {count = 0, last = 0, dtype = dtype, zadd = {}}
+      strands[skey] = s
+      order[#order + 1] = skey
+    end
+    s.count = s.count + 1
+    s.last = head
+    s.zadd[#s.zadd + 1] = 0
+    s.zadd[#s.zadd + 1] = member
+    out[#out + 1] = head
   else
-    local ord = redis.call('RPUSH', p .. ':ops', rec)
-    redis.call('HSET', p .. ':ids', id, ord)
-    redis.call('ZADD', p .. ':s:' .. skey, 0, member)
-    redis.call('HINCRBY', p .. ':strands:rev', skey, 1)
-    redis.call('HSET', p .. ':strands:ord', skey, ord)
-    redis.call('HSETNX', p .. ':strands:type', skey, dtype)
-    out[#out + 1] = ord
+    out[#out + 1] = -tonumber(redis.call('HGET', p .. ':ids', id))
   end
+end
+for j = 1, #recs, 1000 do
+  redis.call('RPUSH', p .. ':ops', unpack(recs, j, math.min(j + 999, #recs)))
+end
+for _, skey in ipairs(order) do
+  local s = strands[skey]
+  for j = 1, #s.zadd, 2000 do
+    redis.call('ZADD', p .. ':s:' .. skey, unpack(s.zadd, j, math.min(j + 1999, #s.zadd)))
+  end
+  redis.call('HINCRBY', p .. ':strands:rev', skey, s.count)
+  redis.call('HSET', p .. ':strands:ord', skey, s.last)
+  redis.call('HSETNX', p .. ':strands:type', skey, s.dtype)
 end
 local m = tonumber(ARGV[i])
 i = i + 1
@@ -72,7 +93,7 @@ for _ = 1, m do
     redis.call('HDEL', p .. ':meta:' .. space, key)
   end
 end
-out[#out + 1] = redis.call('LLEN', p .. ':ops')
+out[#out + 1] = head
 return out
 "#;
 
