@@ -26,14 +26,23 @@ enum Kind {
     Redis,
 }
 
-async fn make(kind: Kind, servers: &(RedisServer, RedisServer), n: u64) -> (Pair, tempfile::TempDir) {
+async fn make(
+    kind: Kind,
+    servers: &(RedisServer, RedisServer),
+    n: u64,
+) -> (Pair, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let config = ReactorConfig::default();
     let pair = match kind {
         Kind::Memory => memory_pair(config).await,
         Kind::Redb => redb_pair(dir.path(), config).await,
         Kind::Redis => {
-            redis_pair((&servers.0.url(), &servers.1.url()), &format!("e2e-{n}"), config).await
+            redis_pair(
+                (&servers.0.url(), &servers.1.url()),
+                &format!("e2e-{n}"),
+                config,
+            )
+            .await
         }
     }
     .expect("pair");
@@ -51,7 +60,11 @@ fn e2e(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(w.ops as u64));
     let mut n = 0u64;
-    for (name, kind) in [("memory", Kind::Memory), ("redb", Kind::Redb), ("redis", Kind::Redis)] {
+    for (name, kind) in [
+        ("memory", Kind::Memory),
+        ("redb", Kind::Redb),
+        ("redis", Kind::Redis),
+    ] {
         g.bench_function(format!("{name}_store_memory_transport_100k"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {

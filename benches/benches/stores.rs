@@ -18,7 +18,12 @@ fn batch(n: u64) -> ApplyBatch {
     ApplyBatch {
         ops: (start..start + n)
             .map(|i| IncomingOp {
-                op: Arc::new(op_at(&format!("bench/{}", i % 64), i, 1_700_000_000_000 + i, "bench")),
+                op: Arc::new(op_at(
+                    &format!("bench/{}", i % 64),
+                    i,
+                    1_700_000_000_000 + i,
+                    "bench",
+                )),
                 source: None,
             })
             .collect(),

@@ -16,17 +16,27 @@ fn main() {
     let store = args.next().unwrap_or_else(|| "memory".into());
     let ops: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let w = syncline_benches::OneWay { ops, ..Default::default() };
+    let w = syncline_benches::OneWay {
+        ops,
+        ..Default::default()
+    };
     for run in 0..runs {
-        let dir = std::env::temp_dir().join(format!("syncline-one-way-{}-{run}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("syncline-one-way-{}-{run}", std::process::id()));
         let r = rt.block_on(async {
             let config = syncline_core::ReactorConfig::default();
             let pair = match store.as_str() {
                 "redb" => syncline_benches::redb_pair(&dir, config).await,
                 "redis" => {
-                    let a = std::env::var("REDIS_URL_A").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+                    let a = std::env::var("REDIS_URL_A")
+                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
                     let b = std::env::var("REDIS_URL_B").unwrap_or_else(|_| a.clone());
-                    syncline_benches::redis_pair((&a, &b), &format!("oneway-{}-{run}", std::process::id()), config).await
+                    syncline_benches::redis_pair(
+                        (&a, &b),
+                        &format!("oneway-{}-{run}", std::process::id()),
+                        config,
+                    )
+                    .await
                 }
                 _ => syncline_benches::memory_pair(config).await,
             }
