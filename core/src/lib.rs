@@ -51,7 +51,7 @@ pub use sync::{
     SyncStatus,
 };
 pub use transport::{
-    Acceptor, FrameReceiver, FrameSender, Link, LinkInfo, Transport, TransportRegistry,
+    AcceptFn, Acceptor, FrameReceiver, FrameSender, Link, LinkInfo, Transport, TransportRegistry,
 };
 pub use types::{
     Action, ActionId, ActionType, Branch, DocumentId, DocumentType, JobId, OpHash, OpId, Operation,

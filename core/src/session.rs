@@ -313,7 +313,9 @@ impl Session {
         match id {
             Some(id) if is_request => self.respond(id, Err(error)).await,
             Some(id) => self.complete(id, Err(error)),
-            None => {}
+            // Nothing to correlate: answer with id 0 anyway, so a peer learns what was wrong
+            // (a syncline session ignores responses nobody waits for).
+            None => self.respond(0, Err(error)).await,
         }
     }
 

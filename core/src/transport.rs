@@ -57,6 +57,10 @@ pub struct Link {
     pub info: LinkInfo,
 }
 
+/// Hands a link accepted by a server mounted elsewhere (HTTP, WebSocket) to a reactor
+/// (`move |link| reactor.serve(link)`).
+pub type AcceptFn = Arc<dyn Fn(Link) + Send + Sync>;
+
 /// Accepts incoming links.
 #[async_trait]
 pub trait Acceptor: Send + fmt::Debug {

@@ -338,3 +338,5 @@ pub mod crash {
         Ok(complete)
     }
 }
+pub mod harnesses;
+pub mod transport_suite;

@@ -5,3 +5,4 @@
 mod sim;
 mod stores;
 mod sync;
+mod transports;

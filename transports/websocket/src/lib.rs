@@ -1,0 +1,365 @@
+//! The WebSocket transport: `ws://` remotes, upgraded at `GET /v1/sync/ws`.
+//!
+//! One connection carries frames both ways (binary messages; JSON frames as text messages), so
+//! both reactors call each other on it. Message size is limited well below the library default
+//! (16 MiB unless configured); a peer that sends a larger message gets the connection closed
+//! with code 1009 ("message too big"), and the next connection works. Both sides send a ping
+//! every `ping_interval`; a connection silent for three intervals is closed, and the sync
+//! manager reconnects with backoff.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
+use axum::routing::get;
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use syncline_core::protocol::Codec;
+use syncline_core::{
+    AcceptFn, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
+};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
+use url::Url;
+
+/// Limits and keepalive.
+#[derive(Clone, Copy, Debug)]
+pub struct WsOptions {
+    /// Largest message accepted.
+    pub max_message_bytes: usize,
+    /// Time between pings.
+    pub ping_interval: Duration,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        WsOptions {
+            max_message_bytes: 16 << 20,
+            ping_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What a link moves, independent of the WebSocket library on each side.
+enum Msg {
+    Frame(Bytes),
+    Ping,
+    Close,
+}
+
+enum In {
+    Frame(Bytes),
+    Alive,
+    Closed,
+}
+
+struct Sender {
+    tx: mpsc::Sender<Msg>,
+    peer: String,
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WsSender({})", self.peer)
+    }
+}
+
+#[async_trait]
+impl FrameSender for Sender {
+    async fn send(&self, frame: Bytes) -> Result<()> {
+        self.tx
+            .send(Msg::Frame(frame))
+            .await
+            .map_err(|_| Error::closed(format!("the WebSocket to {} is closed", self.peer)))
+    }
+
+    fn close(&self) {
+        let _ = self.tx.try_send(Msg::Close);
+    }
+}
+
+struct Receiver {
+    rx: mpsc::Receiver<Result<Bytes>>,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WsReceiver")
+    }
+}
+
+#[async_trait]
+impl FrameReceiver for Receiver {
+    async fn recv(&mut self) -> Option<Result<Bytes>> {
+        self.rx.recv().await
+    }
+}
+
+/// How one WebSocket library's messages and errors map to a link's.
+struct Adapter<M, E> {
+    to_msg: fn(Msg) -> M,
+    from_msg: fn(M) -> In,
+    classify: fn(&E) -> Error,
+}
+
+/// Builds a link over a split WebSocket: a writer task (frames and pings) and a reader task
+/// (frames, liveness, close).
+fn link<S, R, M, E>(
+    sink: S,
+    stream: R,
+    adapter: Adapter<M, E>,
+    options: WsOptions,
+    peer: String,
+    codec: Codec,
+) -> Link
+where
+    S: Sink<M> + Send + Unpin + 'static,
+    R: Stream<Item = std::result::Result<M, E>> + Send + Unpin + 'static,
+    M: Send + 'static,
+    E: Send + 'static,
+{
+    let Adapter {
+        to_msg,
+        from_msg,
+        classify,
+    } = adapter;
+    let (out_tx, mut out_rx) = mpsc::channel::<Msg>(256);
+    let (in_tx, in_rx) = mpsc::channel::<Result<Bytes>>(256);
+    let mut sink = sink;
+    let pinger = out_tx.clone();
+    let ping_every = options.ping_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ping_every);
+        tick.tick().await;
+        loop {
+            let msg = tokio::select! {
+                biased;
+                m = out_rx.recv() => m,
+                _ = tick.tick() => Some(Msg::Ping),
+            };
+            let Some(msg) = msg else {
+                let _ = sink.send(to_msg(Msg::Close)).await;
+                return;
+            };
+            let close = matches!(msg, Msg::Close);
+            if sink.send(to_msg(msg)).await.is_err() || close {
+                let _ = sink.close().await;
+                return;
+            }
+        }
+    });
+    let mut stream = stream;
+    let idle = ping_every * 3;
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::time::timeout(idle, stream.next()).await;
+            let item = match next {
+                Err(_) => {
+                    tracing::debug!("the WebSocket was silent for {idle:?}; closing it");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(item)) => item,
+            };
+            match item {
+                Ok(m) => match from_msg(m) {
+                    In::Frame(f) => {
+                        if in_tx.send(Ok(f)).await.is_err() {
+                            break;
+                        }
+                    }
+                    In::Alive => {}
+                    In::Closed => break,
+                },
+                Err(e) => {
+                    let _ = in_tx.send(Err(classify(&e))).await;
+                    break;
+                }
+            }
+        }
+        let _ = pinger.try_send(Msg::Close);
+    });
+    Link {
+        sender: Arc::new(Sender {
+            tx: out_tx,
+            peer: peer.clone(),
+        }),
+        receiver: Box::new(Receiver { rx: in_rx }),
+        info: LinkInfo {
+            transport: "ws",
+            peer,
+            duplex: true,
+            codec,
+        },
+    }
+}
+
+fn is_json(frame: &Bytes) -> bool {
+    Codec::detect(frame) == Codec::Json
+}
+
+// ---- server (axum) -------------------------------------------------------------------------
+
+fn axum_out(m: Msg) -> ws::Message {
+    match m {
+        Msg::Frame(f) if is_json(&f) => match String::from_utf8(f.to_vec()) {
+            Ok(s) => ws::Message::Text(s.into()),
+            Err(e) => ws::Message::Binary(Bytes::from(e.into_bytes())),
+        },
+        Msg::Frame(f) => ws::Message::Binary(f),
+        Msg::Ping => ws::Message::Ping(Bytes::new()),
+        Msg::Close => ws::Message::Close(None),
+    }
+}
+
+fn axum_in(m: ws::Message) -> In {
+    match m {
+        ws::Message::Binary(b) => In::Frame(b),
+        ws::Message::Text(t) => In::Frame(Bytes::copy_from_slice(t.as_bytes())),
+        ws::Message::Ping(_) | ws::Message::Pong(_) => In::Alive,
+        ws::Message::Close(_) => In::Closed,
+    }
+}
+
+fn axum_err(e: &axum::Error) -> Error {
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("too big") || text.contains("Message too") {
+        Error::new(
+            ErrorKind::TooLarge,
+            format!("WebSocket message refused: {text}"),
+        )
+    } else {
+        Error::new(ErrorKind::Closed, format!("WebSocket error: {text}"))
+    }
+}
+
+/// The route `GET /v1/sync/ws`, handing each connection's link to `accept`.
+pub fn router(accept: AcceptFn, options: WsOptions) -> Router {
+    Router::new().route(
+        "/v1/sync/ws",
+        get(
+            move |upgrade: WebSocketUpgrade,
+                  ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>| {
+                let accept = accept.clone();
+                async move {
+                    upgrade
+                        .max_message_size(options.max_message_bytes)
+                        .max_frame_size(options.max_message_bytes)
+                        .on_upgrade(move |socket: WebSocket| async move {
+                            let (sink, stream) = socket.split();
+                            accept(link(
+                                sink,
+                                stream,
+                                Adapter {
+                                    to_msg: axum_out,
+                                    from_msg: axum_in,
+                                    classify: axum_err,
+                                },
+                                options,
+                                addr.to_string(),
+                                Codec::Binary,
+                            ));
+                        })
+                }
+            },
+        ),
+    )
+}
+
+// ---- client (tokio-tungstenite) ------------------------------------------------------------
+
+fn tung_out(m: Msg) -> tungstenite::Message {
+    match m {
+        Msg::Frame(f) if is_json(&f) => match String::from_utf8(f.to_vec()) {
+            Ok(s) => tungstenite::Message::Text(s.into()),
+            Err(e) => tungstenite::Message::Binary(Bytes::from(e.into_bytes())),
+        },
+        Msg::Frame(f) => tungstenite::Message::Binary(f),
+        Msg::Ping => tungstenite::Message::Ping(Bytes::new()),
+        Msg::Close => tungstenite::Message::Close(None),
+    }
+}
+
+fn tung_in(m: tungstenite::Message) -> In {
+    match m {
+        tungstenite::Message::Binary(b) => In::Frame(b),
+        tungstenite::Message::Text(t) => In::Frame(Bytes::copy_from_slice(t.as_bytes())),
+        tungstenite::Message::Ping(_)
+        | tungstenite::Message::Pong(_)
+        | tungstenite::Message::Frame(_) => In::Alive,
+        tungstenite::Message::Close(_) => In::Closed,
+    }
+}
+
+fn tung_err(e: &tungstenite::Error) -> Error {
+    match e {
+        tungstenite::Error::Capacity(c) => Error::new(
+            ErrorKind::TooLarge,
+            format!("WebSocket message refused: {c}"),
+        ),
+        tungstenite::Error::Protocol(p) => {
+            Error::new(ErrorKind::Closed, format!("the WebSocket closed: {p}"))
+        }
+        other => Error::new(ErrorKind::Closed, format!("WebSocket error: {other}")),
+    }
+}
+
+/// The `ws://` transport (client side).
+#[derive(Debug, Clone, Default)]
+pub struct WsTransport {
+    options: WsOptions,
+}
+
+impl WsTransport {
+    /// A transport with these limits.
+    pub fn new(options: WsOptions) -> Self {
+        WsTransport { options }
+    }
+}
+
+#[async_trait]
+impl Transport for WsTransport {
+    fn schemes(&self) -> Vec<&'static str> {
+        vec!["ws"]
+    }
+
+    async fn connect(&self, url: &Url) -> Result<Link> {
+        let mut target = url.clone();
+        if target.path().is_empty() || target.path() == "/" {
+            target.set_path("/v1/sync/ws");
+        }
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(self.options.max_message_bytes))
+            .max_frame_size(Some(self.options.max_message_bytes));
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(target.as_str(), Some(config), true)
+                .await
+                .map_err(|e| {
+                    let kind = match &e {
+                        tungstenite::Error::Io(_) => ErrorKind::Unavailable,
+                        tungstenite::Error::Http(r) if r.status().as_u16() == 404 => {
+                            ErrorKind::Unavailable
+                        }
+                        _ => ErrorKind::Unavailable,
+                    };
+                    Error::new(kind, format!("cannot open a WebSocket to {target}: {e}"))
+                })?;
+        let (sink, stream) = socket.split();
+        Ok(link(
+            sink,
+            stream,
+            Adapter {
+                to_msg: tung_out,
+                from_msg: tung_in,
+                classify: tung_err,
+            },
+            self.options,
+            target.to_string(),
+            Codec::Binary,
+        ))
+    }
+}
