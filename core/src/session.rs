@@ -92,6 +92,7 @@ struct Inner {
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
     peer: OnceLock<ReactorId>,
+    peer_known: tokio::sync::Notify,
     timeouts_in_a_row: AtomicU32,
     reader: Mutex<Option<AbortHandle>>,
     pub(crate) responder: Mutex<ResponderState>,
@@ -126,6 +127,7 @@ impl Session {
             next_id: AtomicU64::new(1),
             closed: watch::channel(false).0,
             peer: OnceLock::new(),
+            peer_known: tokio::sync::Notify::new(),
             timeouts_in_a_row: AtomicU32::new(0),
             reader: Mutex::new(None),
             responder: Mutex::new(ResponderState::default()),
@@ -154,9 +156,24 @@ impl Session {
         self.0.peer.get()
     }
 
+    /// Waits until the handshake named the peer, at most `timeout`.
+    pub async fn wait_peer(&self, timeout: Duration) -> Option<ReactorId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.0.peer_known.notified();
+            if let Some(p) = self.peer() {
+                return Some(p.clone());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.peer().cloned();
+            }
+        }
+    }
+
     /// Records the peer's reactor id (once).
     pub fn set_peer(&self, peer: ReactorId) -> Result<()> {
         let stored = self.0.peer.get_or_init(|| peer.clone());
+        self.0.peer_known.notify_waiters();
         if *stored != peer {
             return Err(Error::invalid(format!(
                 "this session belongs to reactor {stored}, not {peer}"

@@ -171,6 +171,9 @@ impl TransportHarness for HttpHarness {
     fn dialer(&self) -> Arc<dyn Transport> {
         Arc::new(HttpTransport::new(Duration::from_secs(10)).expect("an HTTP client"))
     }
+    fn duplex(&self) -> bool {
+        false
+    }
 }
 
 /// `ws://` on loopback, upgraded by the WebSocket transport's axum route.

@@ -69,6 +69,11 @@ pub trait TransportHarness: Send + Sync {
     /// A transport for dialling raw links.
     fn dialer(&self) -> Arc<dyn Transport>;
 
+    /// Whether the server can call the client on the client's connection (not HTTP).
+    fn duplex(&self) -> bool {
+        true
+    }
+
     /// Starts a reactor at a fresh address.
     async fn start(&self, name: &str, store: DynStore, config: ReactorConfig) -> Result<Node> {
         let url = self.fresh_url(name).await?;
@@ -462,12 +467,51 @@ pub async fn bad_frames_get_clear_errors(h: &dyn TransportHarness) -> Result<()>
     Ok(())
 }
 
+/// Both reactors push on the one connection the client opened: the server's remote for the
+/// client is `peer://<client>`, and nobody pulls.
+pub async fn both_sides_push_on_one_connection(h: &dyn TransportHarness) -> Result<()> {
+    let a = h
+        .start("a", Arc::new(MemoryStore::new()), suite_config())
+        .await?;
+    let b = h
+        .start("b", Arc::new(MemoryStore::new()), suite_config())
+        .await?;
+    submit_increments(&a.reactor, "from-a", 2_000, 100).await?;
+    submit_increments(&b.reactor, "from-b", 2_000, 100).await?;
+    a.reactor
+        .sync()
+        .add_remote(remote("b", &b.url, SyncMode::Push)?)
+        .await?;
+    b.reactor
+        .sync()
+        .add_remote(remote("a", "peer://a", SyncMode::Push)?)
+        .await?;
+    if let Err(e) = wait_for_count(&[&a.reactor, &b.reactor], 4_000, WAIT).await {
+        return Err(syncline_core::Error::internal(format!(
+            "{}: {e}\na: {:#?}\nb: {:#?}",
+            h.name(),
+            a.reactor.sync().status(),
+            b.reactor.sync().status()
+        )));
+    }
+    b.reactor.sync().wait_for_sync("a", WAIT).await?;
+    same_views(&a.reactor, &b.reactor, &["from-a", "from-b"]).await?;
+    let status = b.reactor.sync().remote_status("a")?;
+    assert_eq!(status.peer.as_ref().map(|p| p.as_str()), Some("a"));
+    a.crash().await;
+    b.crash().await;
+    Ok(())
+}
+
 /// Runs every check.
 pub async fn run(h: &dyn TransportHarness) -> Result<()> {
     for mode in [SyncMode::Push, SyncMode::Pull, SyncMode::PingPong] {
         two_reactors_both_ways(h, mode).await?;
     }
     three_reactors(h).await?;
+    if h.duplex() {
+        both_sides_push_on_one_connection(h).await?;
+    }
     server_restarts_mid_sync(h).await?;
     unreachable_peer_backs_off_and_recovers(h).await?;
     bad_frames_get_clear_errors(h).await?;

@@ -39,6 +39,11 @@ pub use remote::TaskGroup;
 use responder::Responder;
 pub use state::{DeadLetter, Direction, ListenerRecord, RemoteRecord, SyncState};
 
+/// The URL scheme of remotes reached over a connection the peer opened to us:
+/// `peer://<reactor id>`. Both reactors then push (and pull) on that one connection, which is how
+/// a reactor that cannot dial its peer (behind NAT, a browser) still receives pushes.
+pub const PEER_SCHEME: &str = "peer";
+
 /// How operations flow with a remote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -334,6 +339,8 @@ pub(crate) struct SyncContext {
     pub(crate) private_scopes: Arc<[String]>,
     pub(crate) head: AtomicU64,
     pub(crate) remotes: RwLock<BTreeMap<RemoteName, Arc<RemoteShared>>>,
+    /// Welcomed sessions peers opened to us, by peer (for `peer://` remotes).
+    pub(crate) inbound: watch::Sender<BTreeMap<ReactorId, Session>>,
 }
 
 impl SyncContext {
@@ -416,6 +423,7 @@ impl SyncManager {
             private_scopes: Arc::from(private),
             head: AtomicU64::new(head.0),
             remotes: RwLock::new(BTreeMap::new()),
+            inbound: watch::channel(BTreeMap::new()).0,
         });
         let (responder, responder_tasks) = Responder::start(ctx.clone()).await?;
         let weak = Arc::downgrade(&ctx);
@@ -459,7 +467,9 @@ impl SyncManager {
     pub async fn add_remote(&self, config: RemoteConfig) -> Result<()> {
         config.validate()?;
         let url = parse_url(&config.url)?;
-        self.ctx.transports.for_url(&url)?;
+        if url.scheme() != PEER_SCHEME {
+            self.ctx.transports.for_url(&url)?;
+        }
         if self.ctx.remotes.read().contains_key(&config.name) {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,

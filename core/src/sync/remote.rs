@@ -149,6 +149,11 @@ struct ClientHandler {
 #[async_trait]
 impl SessionHandler for ClientHandler {
     async fn handle(&self, session: &Session, request: Request) -> Result<Response> {
+        // The peer may call us as soon as it welcomed us, before we read its welcome and
+        // recorded who it is.
+        if session.peer().is_none() {
+            session.wait_peer(Duration::from_secs(10)).await;
+        }
         self.responder.handle(session, request).await
     }
 
@@ -419,7 +424,36 @@ impl RemoteShared {
             .send_modify(|s| s.connection = ConnectionState::Stopped);
     }
 
+    /// Waits for the peer to connect to us (a `peer://` remote): its welcomed, duplex session
+    /// becomes this remote's session.
+    async fn adopt(self: &Arc<Self>) -> Result<Session> {
+        let peer = ReactorId::new(self.url.host_str().unwrap_or_default()).map_err(|e| {
+            Error::invalid(format!(
+                "remote {}: {} must name a reactor id: {}",
+                self.name(),
+                self.url,
+                e.message()
+            ))
+        })?;
+        let mut inbound = self.ctx.inbound.subscribe();
+        let found = inbound
+            .wait_for(|m| {
+                m.get(&peer)
+                    .is_some_and(|s| !s.is_closed() && s.info().duplex)
+            })
+            .await
+            .map_err(|_| Error::closed("the sync manager stopped"))?
+            .get(&peer)
+            .cloned();
+        let session = found.ok_or_else(|| Error::internal("an adopted session vanished"))?;
+        self.learn_peer(peer).await?;
+        Ok(session)
+    }
+
     async fn dial(self: &Arc<Self>) -> Result<Session> {
+        if self.url.scheme() == super::PEER_SCHEME {
+            return self.adopt().await;
+        }
         let timeout = self.ctx.config.request_timeout;
         let link = tokio::time::timeout(timeout, self.ctx.transports.connect(&self.url))
             .await

@@ -211,8 +211,12 @@ impl Responder {
         self.ctx
             .permissions
             .authenticate(&hello.reactor_id, hello.credentials.as_deref())?;
-        session.set_peer(hello.reactor_id)?;
+        session.set_peer(hello.reactor_id.clone())?;
         self.remember(session);
+        let s = session.clone();
+        self.ctx.inbound.send_modify(|m| {
+            m.insert(hello.reactor_id, s);
+        });
         Ok(Response::Welcome(Welcome {
             reactor_id: self.ctx.reactor.clone(),
             session: format!("{:016x}", self.ctx.entropy.next_u64()),
@@ -388,11 +392,30 @@ impl SessionHandler for Responder {
         }
     }
 
-    fn notified(&self, _session: &Session, _notification: Notification) {
-        // Pokes only matter on sessions we dialled (see the client handler).
+    fn notified(&self, session: &Session, notification: Notification) {
+        // A poke on a session the peer opened wakes our `peer://` remotes that pull from it
+        // (pokes on sessions we dialled go to the client handler).
+        let Notification::Poke(_) = notification;
+        if let Some(peer) = session.peer() {
+            for r in self.ctx.remotes_of(peer) {
+                if r.config.mode.pulls() {
+                    r.wake_pull.notify_one();
+                }
+            }
+        }
     }
 
     fn closed(&self, session: &Session) {
         self.sessions.lock().retain(|s| s.id() != session.id());
+        if let Some(peer) = session.peer() {
+            self.ctx.inbound.send_if_modified(|m| {
+                if m.get(peer).is_some_and(|s| s.id() == session.id()) {
+                    m.remove(peer);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
     }
 }

@@ -794,3 +794,12 @@ async fn pushes_ride_on_pulls_when_piggybacking() {
     let channel = a.sync().channel("b").unwrap();
     assert!(channel.outbox.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_remotes_push_back_on_the_inbound_connection() {
+    syncline_testkit::init_tracing();
+    let h = syncline_testkit::harnesses::MemoryHarness::default();
+    syncline_testkit::transport_suite::both_sides_push_on_one_connection(&h)
+        .await
+        .unwrap();
+}
