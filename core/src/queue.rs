@@ -306,9 +306,16 @@ impl Queue {
         let dropped: Vec<Job> = {
             let mut l = self.lanes.lock();
             l.closed = true;
-            l.ready.clear();
             l.jobs = 0;
-            l.lanes.drain().flat_map(|(_, q)| q).collect()
+            // Drop jobs lane by lane in ready order, so a simulation replays the same way.
+            let ready: Vec<Lane> = l.ready.drain(..).collect();
+            let mut out = Vec::new();
+            for lane in ready {
+                if let Some(q) = l.lanes.remove(&lane) {
+                    out.extend(q);
+                }
+            }
+            out
         };
         drop(dropped);
         self.room.close();

@@ -6,7 +6,7 @@
 //! goes on; a peer that stops answering is detected by consecutive timeouts and the session is
 //! closed, so the owner reconnects.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -88,7 +88,8 @@ struct Inner {
     sender: Arc<dyn crate::transport::FrameSender>,
     info: LinkInfo,
     limits: SessionLimits,
-    pending: Mutex<HashMap<u64, Pending>>,
+    /// Ordered, so that closing fails waiting requests in a deterministic order.
+    pending: Mutex<BTreeMap<u64, Pending>>,
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
     peer: OnceLock<ReactorId>,
@@ -123,7 +124,7 @@ impl Session {
             sender: link.sender,
             info: link.info,
             limits,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             closed: watch::channel(false).0,
             peer: OnceLock::new(),
@@ -203,7 +204,9 @@ impl Session {
             return;
         }
         self.0.sender.close();
-        let pending: Vec<_> = self.0.pending.lock().drain().collect();
+        let pending: Vec<_> = std::mem::take(&mut *self.0.pending.lock())
+            .into_iter()
+            .collect();
         for (_, tx) in pending {
             let _ = tx.send(Err(Error::closed("the session closed")));
         }

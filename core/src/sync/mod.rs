@@ -5,6 +5,7 @@
 //! what it receives to the queue like any other job. Its own state (remotes, cursors,
 //! listeners, dead letters) lives in the store's sync storage.
 
+mod cell;
 mod remote;
 mod responder;
 pub mod state;

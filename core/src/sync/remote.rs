@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
+use super::cell::Cell;
 use super::responder::Responder;
 use super::state::{DeadLetter, Direction, RemoteRecord, SyncState};
 use super::window::OutboxWindow;
@@ -111,6 +112,13 @@ impl Drop for TakenPiggy {
     }
 }
 
+/// The remote's session and stop flag.
+#[derive(Clone, Debug, Default)]
+struct LinkState {
+    session: Option<Session>,
+    stopped: bool,
+}
+
 /// The state one remote's tasks share.
 pub(crate) struct RemoteShared {
     ctx: Arc<SyncContext>,
@@ -119,12 +127,13 @@ pub(crate) struct RemoteShared {
     url: Url,
     pub(crate) channel: Arc<Channel>,
     pub(crate) status: watch::Sender<RemoteStatus>,
-    session: watch::Sender<Option<Session>>,
+    /// The live session and whether the remote was stopped, in one cell so that waiting
+    /// tasks wake in a fixed order.
+    link: Cell<LinkState>,
     pub(crate) wake_push: Notify,
     pub(crate) wake_pull: Notify,
     record: Mutex<RemoteRecord>,
     requeue_tx: mpsc::UnboundedSender<DeadLetter>,
-    stop: watch::Sender<bool>,
     draining: AtomicBool,
     inbox_cursor: AtomicU64,
     piggy: Mutex<VecDeque<Piggy>>,
@@ -201,12 +210,11 @@ impl RemoteShared {
             url,
             channel: Arc::new(Channel::new()),
             status: watch::channel(status).0,
-            session: watch::channel(None).0,
+            link: Cell::new(LinkState::default()),
             wake_push: Notify::new(),
             wake_pull: Notify::new(),
             record: Mutex::new(record),
             requeue_tx,
-            stop: watch::channel(false).0,
             draining: AtomicBool::new(false),
             inbox_cursor: AtomicU64::new(inbox.0),
             piggy: Mutex::new(VecDeque::new()),
@@ -248,8 +256,11 @@ impl RemoteShared {
     }
 
     pub(crate) fn stop(&self) {
-        self.stop.send_replace(true);
-        if let Some(s) = self.session.send_replace(None) {
+        let session = self.link.update(|l| {
+            l.stopped = true;
+            l.session.take()
+        });
+        if let Some(s) = session {
             s.close();
         }
         self.status
@@ -296,38 +307,36 @@ impl RemoteShared {
 
     /// The live session, waiting for one; `None` once stopped.
     async fn wait_session(&self) -> Option<Session> {
-        let mut rx = self.session.subscribe();
-        let mut stop = self.stop.subscribe();
         loop {
-            if *stop.borrow_and_update() {
+            let state = self
+                .link
+                .wait_until(|l| l.stopped || l.session.as_ref().is_some_and(|s| !s.is_closed()))
+                .await;
+            if state.stopped {
                 return None;
             }
-            if let Some(s) = rx.borrow_and_update().clone()
-                && !s.is_closed()
-            {
+            if let Some(s) = state.session.filter(|s| !s.is_closed()) {
                 return Some(s);
-            }
-            tokio::select! {
-                biased;
-                _ = stop.changed() => {}
-                r = rx.changed() => {
-                    if r.is_err() {
-                        return None;
-                    }
-                }
             }
         }
     }
 
+    fn stopped(&self) -> bool {
+        self.link.get().stopped
+    }
+
+    async fn until_stopped(&self) {
+        self.link.wait_until(|l| l.stopped).await;
+    }
+
     /// Sleeps, returning `false` if stopped first.
     async fn sleep_or_stop(&self, wait: Duration) -> bool {
-        let mut stop = self.stop.subscribe();
-        if *stop.borrow_and_update() {
+        if self.stopped() {
             return false;
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => false,
+            _ = self.until_stopped() => false,
             _ = tokio::time::sleep(wait) => true,
         }
     }
@@ -351,10 +360,9 @@ impl RemoteShared {
     // ---- connection -------------------------------------------------------------------------
 
     async fn connect_loop(self: Arc<Self>) {
-        let mut stop = self.stop.subscribe();
         let mut failures = 0u32;
         loop {
-            if *stop.borrow_and_update() {
+            if self.stopped() {
                 break;
             }
             self.status
@@ -369,18 +377,18 @@ impl RemoteShared {
                         s.peer = peer;
                     });
                     tracing::debug!(remote = self.name(), url = %self.url, "connected");
-                    self.session.send_replace(Some(session.clone()));
+                    self.link.update(|l| l.session = Some(session.clone()));
                     self.wake_push.notify_one();
                     self.wake_pull.notify_one();
                     tokio::select! {
                         biased;
-                        _ = stop.changed() => {
+                        _ = self.until_stopped() => {
                             session.close();
                             break;
                         }
                         _ = session.closed() => {}
                     }
-                    self.session.send_replace(None);
+                    self.link.update(|l| l.session = None);
                     telemetry::connected(self.name(), false);
                     tracing::debug!(remote = self.name(), "disconnected");
                     // A peer that accepts and drops at once is not redialled in a tight loop.
@@ -413,13 +421,11 @@ impl RemoteShared {
                     wait
                 }
             };
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                _ = tokio::time::sleep(wait) => {}
+            if !self.sleep_or_stop(wait).await {
+                break;
             }
         }
-        self.session.send_replace(None);
+        self.link.update(|l| l.session = None);
         self.status
             .send_modify(|s| s.connection = ConnectionState::Stopped);
     }
@@ -548,7 +554,6 @@ impl RemoteShared {
         mut requeue_rx: mpsc::UnboundedReceiver<DeadLetter>,
         saver: watch::Sender<Ordinal>,
     ) {
-        let mut stop = self.stop.subscribe();
         // What counts as an echo depends on who the remote is: learn that before reading.
         if self.peer().is_none() && self.wait_session().await.is_none() {
             return;
@@ -561,7 +566,7 @@ impl RemoteShared {
         let batch = self.ctx.config.push_batch_ops;
         let max_in_flight = self.ctx.config.push_window;
         loop {
-            if *stop.borrow_and_update() {
+            if self.stopped() {
                 break;
             }
             let mut read_failed = false;
@@ -607,7 +612,7 @@ impl RemoteShared {
             };
             tokio::select! {
                 biased;
-                _ = stop.changed() => break,
+                _ = self.until_stopped() => break,
                 Some((handle, delivery, requeued)) = inflight.next(), if !inflight.is_empty() => {
                     self.channel.outbox.remove(&handle);
                     if !requeued && delivery != Delivery::Stopped
@@ -816,7 +821,6 @@ impl RemoteShared {
     // ---- pull -------------------------------------------------------------------------------
 
     async fn pull_loop(self: Arc<Self>) {
-        let mut stop = self.stop.subscribe();
         loop {
             let Some(session) = self.wait_session().await else {
                 return;
@@ -855,7 +859,7 @@ impl RemoteShared {
             }
             tokio::select! {
                 biased;
-                _ = stop.changed() => return,
+                _ = self.until_stopped() => return,
                 _ = self.wake_pull.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
