@@ -225,3 +225,130 @@ pub async fn redis_pair(urls: (&str, &str), dataset: &str, config: ReactorConfig
     )
     .await
 }
+
+/// Submits `ops / 2` operations on each of A and B (A has a ping-pong remote to B) and waits
+/// until both hold all of them.
+pub async fn both_ways(pair: &Pair, ops: usize) -> Result<RunResult> {
+    let half = ops / 2;
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for (r, tag) in [(pair.a.clone(), "a"), (pair.b.clone(), "b")] {
+        for k in 0..8usize {
+            let r = r.clone();
+            let n = half / 8 + usize::from(k < half % 8);
+            writers.push(tokio::spawn(async move {
+                let doc = format!("bench/{tag}-{k}");
+                let mut left = n;
+                while left > 0 {
+                    let m = left.min(100);
+                    let sub = Submission::json(
+                        &doc,
+                        (0..m).map(|i| ("set", serde_json::json!({"path": "/v", "value": i}))),
+                    )?;
+                    r.submit(sub).await?;
+                    left -= m;
+                }
+                Ok::<_, syncline_core::Error>(())
+            }));
+        }
+    }
+    for t in writers {
+        t.await
+            .map_err(|e| syncline_core::Error::internal(format!("a writer panicked: {e}")))??;
+    }
+    let total = (half * 2) as u64;
+    loop {
+        let (ha, hb) = (
+            pair.a.store().head().await?.0,
+            pair.b.store().head().await?.0,
+        );
+        if ha >= total && hb >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = started.elapsed();
+    Ok(RunResult {
+        ops: half * 2,
+        elapsed,
+        ops_per_sec: (half * 2) as f64 / elapsed.as_secs_f64(),
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+        max: Duration::ZERO,
+    })
+}
+
+/// Submits on A at a steady `rate` (operations per second, in submissions of `per_job`) for
+/// `duration` and measures push-to-applied latency on B.
+pub async fn steady(
+    pair: &Pair,
+    rate: u64,
+    duration: Duration,
+    per_job: usize,
+) -> Result<RunResult> {
+    let sent: Arc<Mutex<HashMap<OpId, Instant>>> = Arc::default();
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+    ));
+    let received = Arc::new(AtomicUsize::new(0));
+    let s = sent.clone();
+    let sub_a = pair.a.bus().on(move |e| {
+        if let Event::OperationsWritten(w) = e {
+            let now = Instant::now();
+            let mut s = s.lock();
+            for op in &w.ops {
+                s.insert(op.op.id, now);
+            }
+        }
+    });
+    let (s, h, r) = (sent.clone(), hist.clone(), received.clone());
+    let sub_b = pair.b.bus().on(move |e| {
+        if let Event::OperationsWritten(w) = e {
+            let now = Instant::now();
+            let s = s.lock();
+            let mut h = h.lock();
+            for op in &w.ops {
+                if let Some(t) = s.get(&op.op.id) {
+                    let _ = h.record(now.duration_since(*t).as_micros().max(1) as u64);
+                }
+            }
+            r.fetch_add(w.ops.len(), Ordering::SeqCst);
+        }
+    });
+    let per_job = per_job.max(1);
+    let jobs = (rate as f64 * duration.as_secs_f64() / per_job as f64).ceil() as u64;
+    let every = Duration::from_secs_f64(per_job as f64 / rate as f64);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    for j in 0..jobs {
+        tick.tick().await;
+        let sub = Submission::json(
+            "bench/steady",
+            (0..per_job).map(|i| {
+                (
+                    "set",
+                    serde_json::json!({"path": "/v", "value": j as usize + i}),
+                )
+            }),
+        )?;
+        pair.a.submit(sub).await?;
+    }
+    let total = (jobs as usize) * per_job;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::SeqCst) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    pair.a.bus().off(sub_a);
+    pair.b.bus().off(sub_b);
+    let h = hist.lock();
+    Ok(RunResult {
+        ops: total,
+        elapsed,
+        ops_per_sec: total as f64 / elapsed.as_secs_f64(),
+        p50: Duration::from_micros(h.value_at_quantile(0.5)),
+        p99: Duration::from_micros(h.value_at_quantile(0.99)),
+        max: Duration::from_micros(h.max()),
+    })
+}

@@ -4,7 +4,9 @@
 //! restart use: a crashed reactor loses its queue and sync state in memory, while its store
 //! keeps exactly what was committed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -94,49 +96,57 @@ impl OperationStore for MemoryStore {
             ));
         }
         let mut inner = self.inner.write();
-        let inner = &mut *inner;
+        let Inner {
+            ops: feed,
+            by_id,
+            strands,
+            meta,
+        } = &mut *inner;
         let mut outcomes = Vec::with_capacity(batch.ops.len());
-        for incoming in batch.ops {
-            let id = incoming.op.id;
-            if let Some(&existing) = inner.by_id.get(&id) {
-                outcomes.push(OpOutcome::Duplicate(existing));
-                continue;
-            }
-            let ordinal = Ordinal(inner.ops.len() as u64 + 1);
-            let op = &incoming.op;
-            let key = op.sort_key();
-            match inner.strands.get_mut(&op.strand()) {
-                Some(idx) => {
-                    idx.keys.insert(key, ordinal);
+        feed.reserve(batch.ops.len());
+        by_id.reserve(batch.ops.len());
+        let mut incoming = batch.ops.into_iter().peekable();
+        // Consecutive operations mostly share a strand: look each run's strand up once.
+        while let Some(first) = incoming.next() {
+            let idx = strands
+                .entry(first.op.strand())
+                .or_insert_with(|| StrandIndex {
+                    document_type: first.op.document_type.clone(),
+                    keys: BTreeMap::new(),
+                    last_ordinal: Ordinal::ZERO,
+                });
+            let strand_of = first.op.clone();
+            let mut next = Some(first);
+            while let Some(inc) = next.take() {
+                let id = inc.op.id;
+                if let Some(&existing) = by_id.get(&id) {
+                    outcomes.push(OpOutcome::Duplicate(existing));
+                } else {
+                    let ordinal = Ordinal(feed.len() as u64 + 1);
+                    idx.keys.insert(inc.op.sort_key(), ordinal);
                     idx.last_ordinal = ordinal;
+                    by_id.insert(id, ordinal);
+                    feed.push(StoredOp {
+                        ordinal,
+                        op: inc.op,
+                        source: inc.source,
+                    });
+                    outcomes.push(OpOutcome::New(ordinal));
                 }
-                None => {
-                    let mut keys = BTreeMap::new();
-                    keys.insert(key, ordinal);
-                    inner.strands.insert(
-                        op.strand(),
-                        StrandIndex {
-                            document_type: op.document_type.clone(),
-                            keys,
-                            last_ordinal: ordinal,
-                        },
-                    );
-                }
+                next = incoming.next_if(|n| {
+                    n.op.document_id == strand_of.document_id
+                        && n.op.scope == strand_of.scope
+                        && n.op.branch == strand_of.branch
+                        && n.op.document_type == strand_of.document_type
+                });
             }
-            inner.by_id.insert(id, ordinal);
-            inner.ops.push(StoredOp {
-                ordinal,
-                op: incoming.op,
-                source: incoming.source,
-            });
-            outcomes.push(OpOutcome::New(ordinal));
         }
         for w in batch.meta {
-            apply_meta(&mut inner.meta, w);
+            apply_meta(meta, w);
         }
         Ok(ApplyOutcome {
             outcomes,
-            head: Ordinal(inner.ops.len() as u64),
+            head: Ordinal(feed.len() as u64),
         })
     }
 
