@@ -38,6 +38,17 @@ impl OperationsWritten {
 pub enum Event {
     /// New operations were committed.
     OperationsWritten(Arc<OperationsWritten>),
+    /// The executor committed a group of jobs (for load-aware scheduling).
+    Committed {
+        /// Operations in the commit.
+        ops: usize,
+        /// How long the commit took.
+        elapsed: std::time::Duration,
+        /// Jobs still queued.
+        queue_depth: usize,
+        /// The queue's bound.
+        queue_capacity: usize,
+    },
     /// A job finished (`error` is `None` on success).
     JobCompleted {
         /// The job.

@@ -7,7 +7,7 @@
 //! cost. Each job still gets its own result.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::clock::{Hlc, HlcClock};
 use crate::entropy::Entropy;
@@ -104,7 +104,14 @@ impl JobExecutor {
         batch.ops = incoming.clone();
         let started = Instant::now();
         let result = self.store.apply(batch).await;
-        telemetry::commit(started.elapsed(), incoming.len());
+        let elapsed = started.elapsed();
+        telemetry::commit(elapsed, incoming.len());
+        self.bus.emit(&Event::Committed {
+            ops: incoming.len(),
+            elapsed,
+            queue_depth: self.queue.depth(),
+            queue_capacity: self.queue.capacity(),
+        });
         let outcome = match result {
             Ok(o) => o,
             Err(e) => {

@@ -429,10 +429,27 @@ impl SyncManager {
         let (responder, responder_tasks) = Responder::start(ctx.clone()).await?;
         let weak = Arc::downgrade(&ctx);
         ctx.bus.on(move |event| {
-            let Event::OperationsWritten(w) = event else {
+            let Some(ctx) = weak.upgrade() else {
                 return;
             };
-            let Some(ctx) = weak.upgrade() else {
+            if let Event::Committed {
+                elapsed,
+                queue_depth,
+                queue_capacity,
+                ..
+            } = event
+            {
+                ctx.scheduler.observe(
+                    None,
+                    &crate::scheduler::Signal::Load {
+                        queue_depth: *queue_depth,
+                        queue_capacity: *queue_capacity,
+                        executor_lag: *elapsed,
+                    },
+                );
+                return;
+            }
+            let Event::OperationsWritten(w) = event else {
                 return;
             };
             if let Some(last) = w.ops.last() {
