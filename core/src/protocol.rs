@@ -87,6 +87,10 @@ pub struct Pull {
     /// A push piggybacked on the pull (seed 000's optimisation).
     #[serde(default)]
     pub push: Option<Push>,
+    /// If nothing is there, how long the responder may hold the pull open waiting for new
+    /// operations (a long poll, for links where it cannot poke us); 0 answers at once.
+    #[serde(default)]
+    pub wait_ms: u32,
 }
 
 /// Operations after the cursor.
@@ -801,12 +805,14 @@ mod tests {
                 cursor: Ordinal(1),
                 limit: 10,
                 push: Some(push.clone()),
+                wait_ms: 0,
             })),
             Body::Request(Request::Pull(Pull {
                 listener_id: "l".into(),
                 cursor: Ordinal(1),
                 limit: 10,
                 push: None,
+                wait_ms: 2_000,
             })),
             Body::Request(Request::Ack(Ack {
                 listener_id: "l".into(),

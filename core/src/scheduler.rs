@@ -23,7 +23,7 @@ pub struct PullReport {
     pub bytes: usize,
     /// Whether the responder has more.
     pub has_more: bool,
-    /// Round-trip time of the request.
+    /// Round-trip time of the request (zero when unknown, e.g. for a long poll).
     pub rtt: Duration,
 }
 
@@ -61,6 +61,15 @@ pub trait Scheduler: Send + Sync + fmt::Debug + 'static {
     /// The wait before the next pull of `remote`, given the last pull and a uniform random
     /// `jitter` in `[0, 1)` supplied by the caller (so the scheduler stays deterministic).
     fn next_pull(&self, remote: &str, report: &PullReport, jitter: f64) -> Duration;
+
+    /// Whether the last wait chosen for `remote` was because it is idle. On links where the
+    /// responder cannot poke us (HTTP), the puller then pulls at once and lets the responder
+    /// hold the pull open for that long instead (a long poll): same number of requests, but
+    /// operations written meanwhile arrive at once.
+    fn idle(&self, remote: &str) -> bool {
+        let _ = remote;
+        false
+    }
 
     /// Takes a signal about `remote` (or about the reactor when `remote` is `None`).
     fn observe(&self, remote: Option<&str>, signal: &Signal) {

@@ -198,6 +198,7 @@ struct RemoteState {
     pushes: VecDeque<Duration>,
     pushes_succeed: bool,
     interval: f64,
+    reason: Option<Reason>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -288,6 +289,11 @@ impl Controller {
         self.remotes.remove(name);
     }
 
+    /// Why the last interval of a remote was chosen.
+    pub fn last_reason(&self, name: &str) -> Option<Reason> {
+        self.remotes.get(name).and_then(|r| r.reason)
+    }
+
     /// The inputs of a remote's last decision.
     pub fn inputs(&self, name: &str) -> Inputs {
         let r = self.remotes.get(name).cloned().unwrap_or_default();
@@ -331,6 +337,7 @@ impl Controller {
                 .as_secs_f64()
                 .clamp(min, max);
             r.interval = wait;
+            r.reason = Some(Reason::Failure);
             return Decision {
                 interval: Duration::from_secs_f64(wait),
                 reason: Reason::Failure,
@@ -339,7 +346,9 @@ impl Controller {
         r.failures = 0;
         // Measurements.
         let rtt = report.rtt.as_secs_f64();
-        r.rtt = Some(ewma(r.rtt, rtt, c.ewma_alpha));
+        if rtt > 0.0 {
+            r.rtt = Some(ewma(r.rtt, rtt, c.ewma_alpha));
+        }
         if rtt > 0.0 && report.bytes > 0 {
             r.throughput = Some(ewma(r.throughput, report.bytes as f64 / rtt, c.ewma_alpha));
         }
@@ -354,6 +363,7 @@ impl Controller {
             r.empty_streak = 0;
             r.base = Some(c.active_interval.as_secs_f64());
             r.interval = 0.0;
+            r.reason = Some(Reason::HasMore);
             return Decision {
                 interval: Duration::ZERO,
                 reason: Reason::HasMore,
@@ -401,6 +411,7 @@ impl Controller {
         // 5. Jitter, so that many reactors do not pull in lock-step.
         let jittered = (wait * (1.0 + c.jitter * (2.0 * jitter - 1.0))).clamp(min, max);
         r.interval = jittered;
+        r.reason = Some(reason);
         Decision {
             interval: Duration::from_secs_f64(jittered),
             reason,

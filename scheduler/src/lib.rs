@@ -50,7 +50,8 @@ impl CpuSampler {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as f64)
             .unwrap_or(1.0);
-        let out = match self.last {
+
+        match self.last {
             Some((t, c)) if now > t + Duration::from_millis(500) => {
                 let ratio = (cpu - c) / (now - t).as_secs_f64() / cores;
                 self.last = Some((now, cpu));
@@ -61,8 +62,7 @@ impl CpuSampler {
                 self.last = Some((now, cpu));
                 None
             }
-        };
-        out
+        }
     }
 }
 
@@ -180,6 +180,10 @@ impl Scheduler for AdaptiveScheduler {
             }
             _ => {}
         }
+    }
+
+    fn idle(&self, remote: &str) -> bool {
+        self.controller.lock().last_reason(remote) == Some(Reason::Idle)
     }
 
     fn forget(&self, remote: &str) {

@@ -339,4 +339,5 @@ pub mod crash {
     }
 }
 pub mod harnesses;
+pub mod sched_compare;
 pub mod transport_suite;

@@ -151,6 +151,11 @@ pub struct SyncConfig {
     pub max_concurrent_requests: usize,
     /// When a ping-pong remote carries pushes inside its pulls (seed 000's optimisation).
     pub piggyback: Piggyback,
+    /// Long polls on links without pokes (HTTP) when the scheduler finds a remote idle.
+    pub long_poll: bool,
+    /// Longest a pull is held open for a peer that asked to wait.
+    #[serde(with = "crate::retry::millis")]
+    pub max_pull_wait: Duration,
 }
 
 /// When pushes ride on pulls.
@@ -185,6 +190,8 @@ impl Default for SyncConfig {
             max_frame_bytes: 32 << 20,
             max_concurrent_requests: 64,
             piggyback: Piggyback::NonDuplex,
+            long_poll: true,
+            max_pull_wait: Duration::from_secs(25),
         }
     }
 }
@@ -340,6 +347,8 @@ pub(crate) struct SyncContext {
     pub(crate) private_scopes: Arc<[String]>,
     pub(crate) head: AtomicU64,
     pub(crate) remotes: RwLock<BTreeMap<RemoteName, Arc<RemoteShared>>>,
+    /// Woken whenever operations are written (long polls wait on it).
+    pub(crate) written: tokio::sync::Notify,
     /// Welcomed sessions peers opened to us, by peer (for `peer://` remotes).
     pub(crate) inbound: watch::Sender<BTreeMap<ReactorId, Session>>,
 }
@@ -425,6 +434,7 @@ impl SyncManager {
             head: AtomicU64::new(head.0),
             remotes: RwLock::new(BTreeMap::new()),
             inbound: watch::channel(BTreeMap::new()).0,
+            written: tokio::sync::Notify::new(),
         });
         let (responder, responder_tasks) = Responder::start(ctx.clone()).await?;
         let weak = Arc::downgrade(&ctx);
@@ -455,6 +465,7 @@ impl SyncManager {
             if let Some(last) = w.ops.last() {
                 ctx.head.fetch_max(last.ordinal.0, Ordering::AcqRel);
             }
+            ctx.written.notify_waiters();
             for remote in ctx.remotes.read().values() {
                 remote.on_written(w);
             }

@@ -243,6 +243,13 @@ impl RemoteShared {
         self.record.lock().peer.clone()
     }
 
+    /// Whether this remote pushes and is connected.
+    pub(crate) fn pushes_live(&self) -> bool {
+        self.config.mode.pushes()
+            && self.config.filter.is_all()
+            && self.link.get().session.is_some_and(|s| !s.is_closed())
+    }
+
     pub(crate) fn on_written(&self, _written: &OperationsWritten) {
         if self.config.mode.pushes() {
             self.wake_push.notify_one();
@@ -823,11 +830,12 @@ impl RemoteShared {
     // ---- pull -------------------------------------------------------------------------------
 
     async fn pull_loop(self: Arc<Self>) {
+        let mut hold = Duration::ZERO;
         loop {
             let Some(session) = self.wait_session().await else {
                 return;
             };
-            let report = match self.pull_once(&session).await {
+            let report = match self.pull_once(&session, hold).await {
                 Ok(report) => report,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     // The responder forgot our listener (its store was reset): register again.
@@ -856,7 +864,18 @@ impl RemoteShared {
                 changed
             });
             telemetry::pull_interval(self.name(), wait);
-            if wait.is_zero() {
+            // An idle remote on a link without pokes: pull at once and let the responder hold
+            // the pull open for the wait instead, so a write meanwhile arrives at once.
+            hold = if self.ctx.config.long_poll
+                && !session.info().duplex
+                && report.ok
+                && self.ctx.scheduler.idle(self.name())
+            {
+                wait.min(self.ctx.config.max_pull_wait)
+            } else {
+                Duration::ZERO
+            };
+            if wait.is_zero() || !hold.is_zero() {
                 continue;
             }
             tokio::select! {
@@ -892,7 +911,7 @@ impl RemoteShared {
         Ok(registered.listener_id)
     }
 
-    async fn pull_once(&self, session: &Session) -> Result<PullReport> {
+    async fn pull_once(&self, session: &Session, hold: Duration) -> Result<PullReport> {
         let listener_id = self.ensure_listener(session).await?;
         let peer = session
             .peer()
@@ -916,8 +935,9 @@ impl RemoteShared {
             cursor,
             limit: self.ctx.config.pull_batch_ops as u32,
             push: piggy.0.as_ref().map(|p| p.push.clone()),
+            wait_ms: hold.as_millis().min(u128::from(u32::MAX)) as u32,
         });
-        let reply = match session.request(&request, timeout).await {
+        let reply = match session.request(&request, timeout + hold).await {
             Ok(r) => r,
             Err(e) => {
                 piggy.answer(Err(e.clone()));
@@ -1011,7 +1031,8 @@ impl RemoteShared {
             ops: n,
             bytes: reply.response_bytes,
             has_more: pulled.has_more,
-            rtt,
+            // A held pull's time is mostly waiting, not the network: report it as unknown.
+            rtt: if hold.is_zero() { rtt } else { Duration::ZERO },
         })
     }
 }

@@ -21,6 +21,8 @@ use crate::protocol::{
 use crate::queue::{JobKind, JobOutput};
 use crate::scheduler::Signal;
 use crate::session::{Session, SessionHandler};
+use std::time::Duration;
+
 use crate::types::{Operation, Ordinal, ReactorId};
 
 #[derive(Debug, Default)]
@@ -171,6 +173,11 @@ impl Responder {
                 if !sources.iter().any(|src| src.as_ref() != Some(&peer)) {
                     continue;
                 }
+                // A peer we push to gets the operations from our pusher; poking it would only
+                // make it pull what is already on its way.
+                if self.ctx.remotes_of(&peer).iter().any(|r| r.pushes_live()) {
+                    continue;
+                }
                 {
                     let mut st = s.responder_state();
                     if st.poke_pending || st.listeners.is_empty() {
@@ -277,16 +284,47 @@ impl Responder {
         session.responder_state().poke_pending = false;
         let limit = (p.limit as usize).clamp(1, self.ctx.config.max_batch_ops);
         let filter = self.ctx.read_filter(&listener.filter, Some(peer.clone()));
-        let page = self.ctx.store.read_since(p.cursor, limit, &filter).await?;
-        let visible: Vec<Arc<Operation>> = page
-            .ops
-            .into_iter()
-            .filter(|s| self.ctx.permissions.can_read(&peer, &s.op))
-            .map(|s| s.op)
-            .collect();
+        // What our pusher already delivered to this peer (durably: the outbox cursor moves only
+        // on `pushed`) need not travel again.
+        let delivered = self
+            .ctx
+            .remotes_of(&peer)
+            .iter()
+            .filter(|r| r.config.mode.pushes() && r.config.filter.is_all())
+            .map(|r| r.status_now().outbox_cursor)
+            .max()
+            .unwrap_or(Ordinal::ZERO);
+        let from = p.cursor.max(delivered);
+        let wait = Duration::from_millis(u64::from(p.wait_ms)).min(self.ctx.config.max_pull_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut page;
+        let mut visible: Vec<Arc<Operation>>;
+        let mut start = from;
+        loop {
+            // Register for new writes before reading, so none is missed in between.
+            let written = self.ctx.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            page = self.ctx.store.read_since(start, limit, &filter).await?;
+            visible = page
+                .ops
+                .iter()
+                .filter(|s| self.ctx.permissions.can_read(&peer, &s.op))
+                .map(|s| s.op.clone())
+                .collect();
+            let more = page.scanned_to < page.head;
+            if !visible.is_empty() || more || wait.is_zero() {
+                break;
+            }
+            // A long poll: nothing for the peer yet; wait for a write or the deadline.
+            if tokio::time::timeout_at(deadline, written).await.is_err() {
+                break;
+            }
+            start = page.scanned_to;
+        }
         Ok(Response::Pulled(Pulled {
             strands: StrandUpdate::group(&visible),
-            cursor: page.scanned_to,
+            cursor: page.scanned_to.max(from),
             head: page.head,
             has_more: page.scanned_to < page.head,
             push_result,

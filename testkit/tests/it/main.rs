@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod scheduling;
 mod sim;
 mod stores;
 mod sync;

@@ -80,8 +80,9 @@ impl HttpTransport {
     /// A transport sending frames in `codec`.
     pub fn with_codec(timeout: Duration, codec: Codec) -> Result<Self> {
         install_crypto();
+        // No total timeout here: the session times each request out itself, and a long poll
+        // legitimately takes longer than a plain request.
         let client = reqwest::Client::builder()
-            .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)

@@ -142,6 +142,7 @@ impl MemoryNetwork {
             net: self.clone(),
             local: local.to_owned(),
             codec,
+            duplex: true,
         })
     }
 
@@ -222,6 +223,20 @@ pub struct MemoryTransport {
     net: MemoryNetwork,
     local: String,
     codec: Codec,
+    duplex: bool,
+}
+
+impl MemoryTransport {
+    /// Links this transport dials behave like HTTP: the responder never calls or pokes the
+    /// dialler (for comparing pull schedulers without pokes).
+    pub fn non_duplex(self: Arc<Self>) -> Arc<Self> {
+        Arc::new(MemoryTransport {
+            net: self.net.clone(),
+            local: self.local.clone(),
+            codec: self.codec,
+            duplex: false,
+        })
+    }
 }
 
 impl fmt::Debug for MemoryTransport {
@@ -322,6 +337,7 @@ fn link(
     tx: mpsc::UnboundedSender<Bytes>,
     rx: mpsc::UnboundedReceiver<Bytes>,
     codec: Codec,
+    duplex: bool,
 ) -> Link {
     Link {
         sender: Arc::new(MemSender {
@@ -334,7 +350,7 @@ fn link(
         info: LinkInfo {
             transport: "mem",
             peer: format!("mem://{to}"),
-            duplex: true,
+            duplex,
             codec,
         },
     }
@@ -373,6 +389,7 @@ impl Transport for MemoryTransport {
             to_client,
             server_rx,
             self.codec,
+            self.duplex,
         );
         accept
             .send(server_side)
@@ -384,6 +401,7 @@ impl Transport for MemoryTransport {
             to_server,
             client_rx,
             self.codec,
+            self.duplex,
         ))
     }
 
