@@ -301,12 +301,16 @@ fn a_hundred_reactors_spread_out() {
 
 #[test]
 fn bad_settings_are_refused_with_the_key() {
-    let mut c = SchedulerConfig::default();
-    c.min_interval = Duration::from_secs(60);
+    let c = SchedulerConfig {
+        min_interval: Duration::from_secs(60),
+        ..SchedulerConfig::default()
+    };
     let e = c.validate().unwrap_err();
     assert!(e.message().contains("scheduler.min_interval"), "{e}");
-    let mut c = SchedulerConfig::default();
-    c.jitter = 1.5;
+    let c = SchedulerConfig {
+        jitter: 1.5,
+        ..SchedulerConfig::default()
+    };
     assert!(
         c.validate()
             .unwrap_err()
