@@ -24,7 +24,7 @@ pub mod scheduler;
 pub mod session;
 pub mod store;
 pub mod sync;
-mod telemetry;
+pub mod telemetry;
 pub mod testing;
 pub mod transport;
 pub mod types;

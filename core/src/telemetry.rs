@@ -106,3 +106,114 @@ pub(crate) fn connected(remote: &str, up: bool) {
 pub(crate) fn frame_rejected(reason: &'static str) {
     counter!("syncline_frames_rejected_total", "reason" => reason).increment(1);
 }
+
+/// Describes every core metric (help text and unit) to the installed recorder; the node calls
+/// it once after installing the exporter.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "syncline_queue_depth_jobs",
+        Unit::Count,
+        "Jobs waiting in the queue."
+    );
+    describe_counter!(
+        "syncline_commits_total",
+        Unit::Count,
+        "Store commits by the executor."
+    );
+    describe_histogram!(
+        "syncline_commit_duration_seconds",
+        Unit::Seconds,
+        "Time one store commit took."
+    );
+    describe_histogram!(
+        "syncline_commit_size_ops",
+        Unit::Count,
+        "Operations per commit."
+    );
+    describe_counter!(
+        "syncline_ops_submitted_total",
+        Unit::Count,
+        "Operations submitted on this node and committed."
+    );
+    describe_counter!(
+        "syncline_ops_applied_total",
+        Unit::Count,
+        "Operations received from peers and committed (new ones only)."
+    );
+    describe_counter!(
+        "syncline_ops_duplicate_total",
+        Unit::Count,
+        "Received operations that were already stored."
+    );
+    describe_counter!(
+        "syncline_batches_total",
+        Unit::Count,
+        "Pushed batches by remote and outcome (applied, dead_letter)."
+    );
+    describe_counter!(
+        "syncline_ops_pushed_total",
+        Unit::Count,
+        "Operations pushed and applied by the remote."
+    );
+    describe_counter!(
+        "syncline_bytes_total",
+        Unit::Bytes,
+        "Frame bytes by remote and direction (out: pushes, in: pulls)."
+    );
+    describe_histogram!(
+        "syncline_push_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a batch to the remote's durable answer."
+    );
+    describe_counter!(
+        "syncline_pulls_total",
+        Unit::Count,
+        "Pulls by remote and outcome."
+    );
+    describe_counter!(
+        "syncline_ops_pulled_total",
+        Unit::Count,
+        "Operations received in pulls."
+    );
+    describe_histogram!(
+        "syncline_pull_duration_seconds",
+        Unit::Seconds,
+        "Time a pull took (long polls included)."
+    );
+    describe_counter!(
+        "syncline_retries_total",
+        Unit::Count,
+        "Retried requests by remote and direction."
+    );
+    describe_counter!(
+        "syncline_dead_letters_total",
+        Unit::Count,
+        "Batches given up and kept as dead letters."
+    );
+    describe_gauge!(
+        "syncline_outbox_lag_ops",
+        Unit::Count,
+        "Operations of our feed the remote has not applied."
+    );
+    describe_gauge!(
+        "syncline_inbox_lag_ops",
+        Unit::Count,
+        "Operations of the remote's feed we have not applied, as of the last pull."
+    );
+    describe_gauge!(
+        "syncline_pull_interval_seconds",
+        Unit::Seconds,
+        "The wait chosen before the next pull."
+    );
+    describe_gauge!(
+        "syncline_remote_connected",
+        Unit::Count,
+        "1 while the remote is connected, else 0."
+    );
+    describe_counter!(
+        "syncline_frames_rejected_total",
+        Unit::Count,
+        "Frames answered with an error, by reason."
+    );
+}

@@ -106,6 +106,76 @@ impl AdaptiveScheduler {
     }
 }
 
+/// Describes the scheduler's metrics to the installed recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_gauge};
+    describe_gauge!(
+        "syncline_scheduler_rtt_seconds",
+        Unit::Seconds,
+        "Round trip (EWMA) per remote."
+    );
+    describe_gauge!(
+        "syncline_scheduler_throughput_bytes_per_second",
+        Unit::Bytes,
+        "Pull response throughput (EWMA) per remote."
+    );
+    describe_gauge!(
+        "syncline_scheduler_op_rate_ops_per_second",
+        Unit::CountPerSecond,
+        "Operations per second seen in pulls (EWMA)."
+    );
+    describe_gauge!(
+        "syncline_scheduler_pull_size_ops",
+        Unit::Count,
+        "Operations per pull (EWMA)."
+    );
+    describe_gauge!(
+        "syncline_scheduler_pull_size_bytes",
+        Unit::Bytes,
+        "Bytes per pull (EWMA)."
+    );
+    describe_gauge!(
+        "syncline_scheduler_recent_pushes",
+        Unit::Count,
+        "Pushes received from the remote within the push window."
+    );
+    describe_gauge!(
+        "syncline_scheduler_pushes_succeed",
+        Unit::Count,
+        "1 if our last push to the remote succeeded."
+    );
+    describe_gauge!(
+        "syncline_scheduler_empty_pulls",
+        Unit::Count,
+        "Empty pulls in a row."
+    );
+    describe_gauge!(
+        "syncline_scheduler_failures",
+        Unit::Count,
+        "Failed pulls in a row."
+    );
+    describe_gauge!(
+        "syncline_scheduler_queue_fill_ratio",
+        Unit::Percent,
+        "Queue fill, 0 to 1."
+    );
+    describe_gauge!(
+        "syncline_scheduler_executor_lag_seconds",
+        Unit::Seconds,
+        "Duration of the last commit."
+    );
+    describe_gauge!(
+        "syncline_scheduler_cpu_ratio",
+        Unit::Percent,
+        "Process CPU use, 0 to 1 of all cores."
+    );
+    describe_gauge!(
+        "syncline_scheduler_interval_seconds",
+        Unit::Seconds,
+        "The wait chosen before the next pull, with the reason."
+    );
+}
+
 fn export(remote: &str, i: &Inputs, reason: Reason) {
     let r = remote.to_owned();
     gauge!("syncline_scheduler_rtt_seconds", "remote" => r.clone()).set(i.rtt);

@@ -1,19 +1,22 @@
-//! `syncline demo`: three reactors write concurrently and converge.
+//! `syncline demo`: three nodes on loopback with redb stores in a temporary directory,
+//! connected by WebSocket, HTTP and QUIC; operations written through each node's HTTP API,
+//! with progress; then the proof that they converged.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use syncline_core::{
-    MemoryStore, Reactor, ReactorId, RemoteConfig, StrandId, Submission, SyncMode,
-};
-use syncline_transport_memory::MemoryNetwork;
+use serde_json::{Value, json};
+use syncline::client::Client;
+use syncline::config::Config;
+use syncline::node::Node;
+use syncline_core::{RemoteConfig, SyncMode};
 
 /// Options of the demo.
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
-    /// Operations written on each reactor.
+    /// Operations written on each node.
     #[arg(long, default_value_t = 20_000)]
     ops: usize,
     /// Documents the operations are spread over.
@@ -24,91 +27,124 @@ pub(crate) struct DemoArgs {
 fn bar(multi: &MultiProgress, len: u64, label: &str) -> ProgressBar {
     let pb = multi.add(ProgressBar::new(len));
     pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>10} [{bar:40}] {pos:>7}/{len:7} {per_sec:>12} {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>9} [{bar:36}] {pos:>7}/{len:7} {per_sec:>11} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
     );
     pb.set_prefix(label.to_owned());
     pb
 }
 
-pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let net = MemoryNetwork::new();
-    let names = ["a", "b", "c"];
-    let mut reactors = Vec::new();
-    for n in names {
-        let r = Reactor::builder(ReactorId::new(n)?)
-            .store(Arc::new(MemoryStore::new()))
-            .transport(net.transport(n))
-            .start()
-            .await?;
-        r.listen(&format!("mem://{n}")).await?;
-        reactors.push(r);
+fn node_config(name: &str, dir: &std::path::Path, quic: bool) -> Config {
+    let mut c = Config {
+        node_id: name.to_owned(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    c.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    if quic {
+        c.listen.quic = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.transports.quic.write_self_signed = Some(dir.join(format!("{name}-cert.pem")));
     }
-    // a <-> b ping-pong, b <-> c ping-pong, a -> c push.
-    reactors[0]
+    c.shutdown_grace = 2;
+    c
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let a = Node::start(node_config("a", dir.path(), false)).await?;
+    let b = Node::start(node_config("b", dir.path(), false)).await?;
+    let c = Node::start(node_config("c", dir.path(), true)).await?;
+    let c_quic = c.quic_addr.context("c listens on QUIC")?;
+    let c_cert = dir.path().join("c-cert.pem");
+    // a <-> b over WebSocket, b <-> c over HTTP, a <-> c over QUIC; all ping-pong.
+    a.reactor
         .sync()
-        .add_remote(RemoteConfig::new("b", "mem://b")?.with_mode(SyncMode::PingPong))
+        .add_remote(
+            RemoteConfig::new("b", &format!("ws://{}", b.http_addr))?.with_mode(SyncMode::PingPong),
+        )
         .await?;
-    reactors[1]
+    b.reactor
         .sync()
-        .add_remote(RemoteConfig::new("c", "mem://c")?.with_mode(SyncMode::PingPong))
+        .add_remote(
+            RemoteConfig::new("c", &format!("http://{}", c.http_addr))?
+                .with_mode(SyncMode::PingPong),
+        )
         .await?;
-    reactors[0]
+    a.reactor
         .sync()
-        .add_remote(RemoteConfig::new("c", "mem://c")?.with_mode(SyncMode::Push))
+        .add_remote(
+            RemoteConfig::new("c", &format!("quic://{c_quic}?ca={}", c_cert.display()))?
+                .with_mode(SyncMode::PingPong),
+        )
         .await?;
+    let nodes = [("a", &a), ("b", &b), ("c", &c)];
     println!(
-        "syncline demo: 3 reactors in this process (a <-> b ping-pong, b <-> c ping-pong, a -> c push), \
-         {} operations each on {} documents",
+        "syncline demo: three nodes on loopback, redb stores in {}",
+        dir.path().display()
+    );
+    for (n, node) in &nodes {
+        println!("  {n}: http://{}", node.http_addr);
+    }
+    println!("  a <-> b over WebSocket, b <-> c over HTTP, a <-> c over QUIC (ping-pong)");
+    println!(
+        "writing {} operations on each node through its HTTP API, over {} documents",
         args.ops, args.documents
     );
     let multi = MultiProgress::new();
+    let total = (args.ops * nodes.len()) as u64;
     let started = Instant::now();
     let mut writers = Vec::new();
-    for (i, r) in reactors.iter().enumerate() {
-        let pb = bar(&multi, args.ops as u64, &format!("write {}", names[i]));
-        let r = r.clone();
+    for (name, node) in &nodes {
+        let pb = bar(&multi, args.ops as u64, &format!("write {name}"));
+        let client = Client::new(&format!("http://{}", node.http_addr))?;
         let (ops, docs) = (args.ops, args.documents.max(1));
         writers.push(tokio::spawn(async move {
             let mut done = 0;
+            let mut k = 0;
             while done < ops {
-                let k = (ops - done).min(100);
-                let doc = format!("demo/doc-{}", (done / 100) % docs);
-                let sub = Submission::json(
-                    &doc,
-                    (0..k).map(|_| ("increment", serde_json::json!({"path": "/count"}))),
-                )?;
-                r.submit(sub).await?;
-                done += k;
+                let n = (ops - done).min(200);
+                let doc = format!("demo/doc-{}", k % docs);
+                let actions: Vec<(String, Value)> = (0..n)
+                    .map(|_| ("increment".to_owned(), json!({"path": "/count"})))
+                    .collect();
+                client.apply(&doc, None, None, &actions).await?;
+                done += n;
+                k += 1;
                 pb.set_position(done as u64);
             }
             pb.finish();
             anyhow::Ok(())
         }));
     }
-    let total = (args.ops * names.len()) as u64;
-    let held: Vec<ProgressBar> = names
+    let held: Vec<ProgressBar> = nodes
         .iter()
-        .map(|n| bar(&multi, total, &format!("held {n}")))
+        .map(|(n, _)| bar(&multi, total, &format!("held {n}")))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let mut all = true;
-        for (r, pb) in reactors.iter().zip(&held) {
-            let h = r.store().head().await?.0;
+        for ((_, node), pb) in nodes.iter().zip(&held) {
+            let h = node.reactor.store().head().await?.0;
+            let lag: u64 = node
+                .reactor
+                .sync()
+                .status()
+                .remotes
+                .iter()
+                .map(|r| r.outbox_lag)
+                .sum();
             pb.set_position(h);
+            pb.set_message(format!("outbox lag {lag}"));
             all &= h == total;
         }
         if all {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the reactors did not converge within 120 s");
+            bail!("the nodes did not converge within 180 s");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for w in writers {
         w.await.context("a writer panicked")??;
@@ -119,39 +155,42 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "converged: {total} operations on every reactor in {:.2?} ({:.0} ops/s end to end)",
+        "converged: {total} operations on every node in {:.2?} ({:.0} ops/s end to end, through \
+         the HTTP API, redb commits and three transports)",
         elapsed,
         total as f64 / elapsed.as_secs_f64()
     );
     let mut mismatch = false;
     for d in 0..args.documents.max(1) {
-        let strand = StrandId::parse(&format!("demo/doc-{d}"), None, None)?;
-        let states: Vec<_> = futures_states(&reactors, &strand).await?;
+        let doc = format!("demo/doc-{d}");
+        let mut states = Vec::new();
+        for (_, node) in &nodes {
+            let client = Client::new(&format!("http://{}", node.http_addr))?;
+            states.push(client.document(&doc, None, None, false).await?["state"].clone());
+        }
         let same = states.windows(2).all(|w| w[0] == w[1]);
         mismatch |= !same;
         println!(
-            "  {strand}: {} on all three{}",
+            "  {doc}: {} on a, b and c{}",
             states[0],
             if same { "" } else { "  <- DIFFERENT" }
         );
     }
-    for r in &reactors {
-        r.shutdown(Duration::from_secs(1)).await;
+    for (name, node) in &nodes {
+        let s = node.reactor.sync().status();
+        for r in &s.remotes {
+            println!(
+                "  {name} -> {}: {:?}, outbox lag {}, inbox lag {}, {} pulls, {} dead letters",
+                r.name, r.connection, r.outbox_lag, r.inbox_lag, r.pulls, r.dead_letters
+            );
+        }
     }
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
     if mismatch {
-        bail!("the reactors computed different document states");
+        bail!("the nodes computed different document states");
     }
     println!("identical state on a, b and c");
     Ok(())
-}
-
-async fn futures_states(
-    reactors: &[Reactor],
-    strand: &StrandId,
-) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut out = Vec::new();
-    for r in reactors {
-        out.push(r.document(strand).await?.state);
-    }
-    Ok(out)
 }

@@ -1,0 +1,294 @@
+//! The node's HTTP application API.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /v1/documents/{doc}/actions` | submits actions; `201 {operations: [{id, ordinal, timestamp}]}` |
+//! | `GET /v1/documents/{doc}?scope&branch` | `{strand, document_type, state, revision, errored, operations}` |
+//! | `GET /v1/documents/{doc}/operations?scope&branch` | the operations in canonical order |
+//! | `GET /v1/documents` | every strand with its head |
+//! | `GET /v1/remotes`, `POST /v1/remotes` | list, add (body: a remote) |
+//! | `GET /v1/remotes/{name}`, `DELETE /v1/remotes/{name}` | one remote's status, remove it |
+//! | `GET /v1/dead-letters`, `POST /v1/dead-letters/{id}/requeue` | dead letters |
+//! | `GET /v1/sync/status` | every remote's and listener's status |
+//! | `GET /healthz` | liveness |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! A document id with `/` is percent-encoded in the path (`drive%2Fa`). Errors are
+//! `{"error": {"kind", "message"}}` with a fitting status.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use syncline_core::{
+    DocumentType, Error, ErrorKind, NewAction, Reactor, RemoteConfig, StrandId, Submission,
+};
+
+/// What the routes share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The reactor.
+    pub reactor: Reactor,
+    /// Renders `/metrics`, when metrics are on.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("reactor", self.reactor.id())
+            .finish()
+    }
+}
+
+/// An API error: a syncline error with its HTTP status.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+/// The HTTP status for an error kind.
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput | ErrorKind::Malformed | ErrorKind::ProtocolVersion => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorKind::HashMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorKind::Unavailable | ErrorKind::Closed | ErrorKind::Backpressure => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_for(self.0.kind());
+        (
+            status,
+            Json(json!({"error": {"kind": self.0.kind().as_str(), "message": self.0.to_string()}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// `?scope=&branch=`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StrandQuery {
+    scope: Option<String>,
+    branch: Option<String>,
+    /// `GET /v1/documents/{doc}`: include the operation list (default true).
+    operations: Option<bool>,
+}
+
+/// One action of a submission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    /// The action type.
+    #[serde(rename = "type")]
+    action_type: String,
+    /// Its input.
+    #[serde(default)]
+    input: Value,
+}
+
+/// `POST /v1/documents/{doc}/actions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    scope: Option<String>,
+    branch: Option<String>,
+    document_type: Option<String>,
+    actions: Vec<ActionBody>,
+}
+
+#[derive(Serialize)]
+struct Submitted {
+    operations: Vec<syncline_core::Written>,
+}
+
+fn json_error(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError(Error::invalid(format!(
+        "the request body is not valid: {}",
+        rejection.body_text()
+    )))
+}
+
+async fn submit(
+    State(s): State<AppState>,
+    Path(doc): Path<String>,
+    body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Submitted>)> {
+    let Json(body) = body.map_err(json_error)?;
+    let strand = StrandId::parse(&doc, body.scope.as_deref(), body.branch.as_deref())?;
+    let document_type = DocumentType::new(
+        body.document_type
+            .as_deref()
+            .unwrap_or(syncline_core::types::DEFAULT_DOCUMENT_TYPE),
+    )?;
+    let actions = body
+        .actions
+        .into_iter()
+        .map(|a| NewAction::new(&a.action_type, a.input))
+        .collect::<syncline_core::Result<Vec<_>>>()?;
+    let written = s
+        .reactor
+        .submit(Submission {
+            strand,
+            document_type,
+            actions,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Submitted {
+            operations: written,
+        }),
+    ))
+}
+
+async fn document(
+    State(s): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<StrandQuery>,
+) -> ApiResult<Json<Value>> {
+    let strand = StrandId::parse(&doc, q.scope.as_deref(), q.branch.as_deref())?;
+    let state = s.reactor.document(&strand).await?;
+    let mut v = serde_json::to_value(&state)
+        .map_err(|e| Error::internal(format!("encoding a document failed: {e}")))?;
+    if q.operations.unwrap_or(true) {
+        let ops = s.reactor.operations(&strand).await?;
+        v["operations"] = serde_json::to_value(ops)
+            .map_err(|e| Error::internal(format!("encoding operations failed: {e}")))?;
+    }
+    Ok(Json(v))
+}
+
+async fn operations(
+    State(s): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<StrandQuery>,
+) -> ApiResult<Json<Value>> {
+    let strand = StrandId::parse(&doc, q.scope.as_deref(), q.branch.as_deref())?;
+    let ops = s.reactor.operations(&strand).await?;
+    Ok(Json(json!({"strand": strand, "operations": ops})))
+}
+
+async fn documents(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let heads = s.reactor.store().heads().await?;
+    Ok(Json(json!({"strands": heads})))
+}
+
+async fn remotes(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"remotes": s.reactor.sync().remotes()}))
+}
+
+async fn add_remote(
+    State(s): State<AppState>,
+    body: Result<Json<RemoteConfig>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(config) = body.map_err(json_error)?;
+    let name = config.name.to_string();
+    s.reactor.sync().add_remote(config).await?;
+    let status = s.reactor.sync().remote_status(&name)?;
+    Ok((StatusCode::CREATED, Json(json!(status))))
+}
+
+async fn remote(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(s.reactor.sync().remote_status(&name)?)))
+}
+
+async fn remove_remote(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.reactor.sync().remove_remote(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn dead_letters(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let letters = s.reactor.sync().dead_letters().await?;
+    let summary: Vec<Value> = letters
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id, "remote": d.remote, "range": d.range,
+                "operations": d.operations.len(), "error": d.error,
+                "attempts": d.attempts, "failed_at_ms": d.failed_at_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dead_letters": summary})))
+}
+
+async fn requeue(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    s.reactor.sync().requeue_dead_letter(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn status(State(s): State<AppState>) -> Json<Value> {
+    Json(json!(s.reactor.sync().status()))
+}
+
+async fn health(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let head = s.reactor.store().head().await?;
+    Ok(Json(
+        json!({"status": "ok", "reactor_id": s.reactor.id(), "head": head}),
+    ))
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError(Error::not_found(
+            "metrics are disabled (metrics.enabled = false)",
+        ))
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(Error::not_found(
+        "no such route; see docs/config.md for the API",
+    ))
+}
+
+/// The application routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/documents", get(documents))
+        .route("/v1/documents/{doc}", get(document))
+        .route("/v1/documents/{doc}/actions", post(submit))
+        .route("/v1/documents/{doc}/operations", get(operations))
+        .route("/v1/remotes", get(remotes).post(add_remote))
+        .route("/v1/remotes/{name}", get(remote).delete(remove_remote))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/{id}/requeue", post(requeue))
+        .route("/v1/sync/status", get(status))
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}

@@ -1,0 +1,27 @@
+//! syncline: the facade over the core, the transports and the stores, and the node.
+//!
+//! Cargo features pick what is compiled in: `transport-http`, `transport-websocket`,
+//! `transport-quic`, `transport-redis`, `store-redb`, `store-redis` (the defaults give a complete
+//! single-machine node). The configuration picks what is used; asking for something not
+//! compiled in fails at start with a message naming the feature.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod node;
+pub mod plugins;
+
+pub use syncline_core as core;
+pub use syncline_scheduler as scheduler;
+#[cfg(feature = "store-redb")]
+pub use syncline_store_redb as store_redb;
+#[cfg(feature = "store-redis")]
+pub use syncline_store_redis as store_redis;
+#[cfg(feature = "transport-http")]
+pub use syncline_transport_http as transport_http;
+#[cfg(feature = "transport-quic")]
+pub use syncline_transport_quic as transport_quic;
+#[cfg(feature = "transport-redis")]
+pub use syncline_transport_redis as transport_redis;
+#[cfg(feature = "transport-websocket")]
+pub use syncline_transport_websocket as transport_websocket;

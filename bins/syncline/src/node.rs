@@ -1,0 +1,312 @@
+//! Runs a reactor from a [`Config`]: store, transports, scheduler, permissions, listeners, the
+//! application API and metrics.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use syncline_core::{
+    AllowAll, DynStore, MemoryStore, Permissions, Reactor, ReactorId, RulePermissions, Scheduler,
+    TransportRegistry,
+};
+
+use crate::api::{AppState, router};
+use crate::config::{Config, compiled_features};
+
+/// The process-wide Prometheus recorder (installed once).
+fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())
+                .inspect(|_| {
+                    syncline_core::telemetry::describe();
+                    syncline_scheduler::describe();
+                })
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder failed: {e}"))
+}
+
+/// A running node.
+pub struct Node {
+    /// The configuration it runs.
+    pub config: Config,
+    /// The reactor.
+    pub reactor: Reactor,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The bound QUIC address, if listening.
+    pub quic_addr: Option<SocketAddr>,
+    server: Option<syncline_transport_http::Server>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", self.reactor.id())
+            .field("http", &self.http_addr)
+            .finish()
+    }
+}
+
+async fn open_store(config: &Config, plugins: &crate::plugins::Loaded) -> anyhow::Result<DynStore> {
+    Ok(match config.store.kind.as_str() {
+        "memory" => Arc::new(MemoryStore::new()),
+        #[cfg(feature = "store-redb")]
+        "redb" => {
+            let path = config.redb_path();
+            Arc::new(
+                syncline_store_redb::RedbStore::open_with(
+                    &path,
+                    syncline_store_redb::RedbOptions {
+                        durable: config.store.durable,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("opening the redb store {}", path.display()))?,
+            )
+        }
+        #[cfg(feature = "store-redis")]
+        "redis" => {
+            let url = config
+                .store
+                .url
+                .clone()
+                .context("store.url: the redis store needs a server URL")?;
+            let dataset = config
+                .store
+                .dataset
+                .clone()
+                .unwrap_or_else(|| config.node_id.clone());
+            Arc::new(
+                syncline_store_redis::RedisStore::open(&url, &dataset)
+                    .await
+                    .context("opening the redis store")?,
+            )
+        }
+        other => match plugins.store(other, &config.store.options).await? {
+            Some(store) => store,
+            None => bail!("store.kind: {other:?} is not available in this binary"),
+        },
+    })
+}
+
+/// The transports, and the QUIC one by itself (it knows its self-signed certificate).
+struct Transports {
+    registry: TransportRegistry,
+    #[cfg(feature = "transport-quic")]
+    quic: Arc<syncline_transport_quic::QuicTransport>,
+}
+
+fn transports(config: &Config, plugins: &crate::plugins::Loaded) -> anyhow::Result<Transports> {
+    let mut registry = TransportRegistry::new();
+    #[cfg(feature = "transport-http")]
+    registry.register(Arc::new(syncline_transport_http::HttpTransport::new(
+        config.sync.request_timeout,
+    )?));
+    #[cfg(feature = "transport-websocket")]
+    registry.register(Arc::new(syncline_transport_websocket::WsTransport::new(
+        syncline_transport_websocket::WsOptions {
+            max_message_bytes: config.sync.max_frame_bytes,
+            ..Default::default()
+        },
+    )));
+    #[cfg(feature = "transport-quic")]
+    let quic = {
+        let q = &config.transports.quic;
+        let t = Arc::new(syncline_transport_quic::QuicTransport::new(
+            syncline_transport_quic::QuicOptions {
+                cert: q.cert.clone(),
+                key: q.key.clone(),
+                ca: q.ca.clone(),
+                insecure: q.insecure,
+                max_frame_bytes: config.sync.max_frame_bytes,
+                ..Default::default()
+            },
+        ));
+        registry.register(t.clone());
+        t
+    };
+    #[cfg(feature = "transport-redis")]
+    registry.register(Arc::new(syncline_transport_redis::RedisTransport::new()));
+    for t in plugins.transports() {
+        registry.register(t);
+    }
+    Ok(Transports {
+        registry,
+        #[cfg(feature = "transport-quic")]
+        quic,
+    })
+}
+
+fn scheduler(config: &Config) -> anyhow::Result<Arc<dyn Scheduler>> {
+    Ok(match config.scheduler.kind.as_str() {
+        "fixed" => Arc::new(syncline_core::FixedInterval::new(
+            Duration::from_millis(config.scheduler.fixed_interval),
+            config.scheduler.adaptive.backoff,
+        )),
+        _ => Arc::new(syncline_scheduler::AdaptiveScheduler::new(
+            config.scheduler.adaptive.clone(),
+            syncline_scheduler::tokio_now(),
+        )?),
+    })
+}
+
+impl Node {
+    /// Checks the configuration and starts the node.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        syncline_transport_http::install_crypto();
+        let plugins = crate::plugins::Loaded::load(&config.plugins)?;
+        config.validate(&compiled_features(), &plugins.kinds())?;
+        let store = open_store(&config, &plugins).await?;
+        let permissions: Arc<dyn Permissions> = if config.permissions.rules.is_empty() {
+            Arc::new(AllowAll)
+        } else {
+            Arc::new(RulePermissions::new(config.permissions.rules.clone())?)
+        };
+        let metrics = if config.metrics.enabled {
+            Some(metrics_handle()?)
+        } else {
+            None
+        };
+        let transports = transports(&config, &plugins)?;
+        let reactor = Reactor::builder(ReactorId::new(&config.node_id)?)
+            .store(store)
+            .transports(transports.registry.clone())
+            .scheduler(scheduler(&config)?)
+            .permissions(permissions)
+            .config(config.reactor_config())
+            .start()
+            .await
+            .context("starting the reactor")?;
+        // Remotes from the configuration; remotes added at runtime were restored from the store.
+        for r in &config.remotes {
+            let existing = reactor.sync().remotes();
+            match existing.iter().find(|e| e.name == r.name) {
+                Some(e) if e == r => {}
+                Some(_) => {
+                    tracing::warn!(remote = %r.name, "the configuration changed this remote; starting it over");
+                    reactor.sync().remove_remote(r.name.as_str()).await?;
+                    reactor.sync().add_remote(r.clone()).await?;
+                }
+                None => reactor.sync().add_remote(r.clone()).await?,
+            }
+        }
+        let state = AppState {
+            reactor: reactor.clone(),
+            metrics,
+        };
+        let r = reactor.clone();
+        let accept: syncline_core::AcceptFn = Arc::new(move |link| {
+            r.serve(link);
+        });
+        let mut app = router(state);
+        #[cfg(feature = "transport-http")]
+        {
+            app = app.merge(syncline_transport_http::router(
+                accept.clone(),
+                syncline_transport_http::ServerOptions {
+                    max_body_bytes: config.sync.max_frame_bytes,
+                    ..Default::default()
+                },
+            ));
+        }
+        #[cfg(feature = "transport-websocket")]
+        {
+            app = app.merge(syncline_transport_websocket::router(
+                accept.clone(),
+                syncline_transport_websocket::WsOptions {
+                    max_message_bytes: config.sync.max_frame_bytes,
+                    ..Default::default()
+                },
+            ));
+        }
+        let _ = &accept;
+        let listener = tokio::net::TcpListener::bind(config.listen.http)
+            .await
+            .with_context(|| format!("listen.http: cannot listen on {}", config.listen.http))?;
+        let http_addr = listener.local_addr()?;
+        let server = syncline_transport_http::Server::serve(listener, app)?;
+        let mut quic_addr = None;
+        if let Some(addr) = config.listen.quic {
+            let url = reactor
+                .listen(&format!("quic://{addr}"))
+                .await
+                .with_context(|| format!("listen.quic: cannot listen on {addr}"))?;
+            quic_addr = Some(SocketAddr::new(
+                addr.ip(),
+                url.port().unwrap_or(addr.port()),
+            ));
+            #[cfg(feature = "transport-quic")]
+            if let Some(path) = &config.transports.quic.write_self_signed {
+                if let Some(pem) = transports.quic.self_signed_pem() {
+                    std::fs::write(path, pem).with_context(|| {
+                        format!("writing the self-signed certificate to {}", path.display())
+                    })?;
+                }
+            }
+        }
+        if let Some(url) = &config.listen.redis {
+            reactor
+                .listen(url)
+                .await
+                .with_context(|| format!("listen.redis: cannot subscribe at {url}"))?;
+        }
+        tracing::info!(
+            node = %config.node_id, http = %http_addr, quic = ?quic_addr,
+            "syncline node started"
+        );
+        Ok(Node {
+            config,
+            reactor,
+            http_addr,
+            quic_addr,
+            server: Some(server),
+        })
+    }
+
+    /// Stops gracefully: no new requests, in-flight batches get `shutdown_grace`, queued jobs
+    /// are committed.
+    pub async fn shutdown(mut self) {
+        let grace = Duration::from_secs(self.config.shutdown_grace);
+        if let Some(server) = self.server.take() {
+            server.shutdown(grace).await;
+        }
+        self.reactor.shutdown(grace).await;
+        tracing::info!(node = %self.config.node_id, "syncline node stopped");
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
