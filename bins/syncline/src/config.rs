@@ -312,13 +312,13 @@ impl Config {
     /// Loads and checks the configuration. Plugin store kinds and plugin schemes are allowed
     /// when `plugin_names` lists them.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(err(
-                    "",
-                    format!("the configuration file {} does not exist", file.display()),
-                ));
-            }
+        if let Some(file) = file
+            && !file.exists()
+        {
+            return Err(err(
+                "",
+                format!("the configuration file {} does not exist", file.display()),
+            ));
         }
         let config: Config = Config::figment(file).extract().map_err(|e| {
             let key = e.path.join(".");
@@ -391,7 +391,7 @@ impl Config {
                         ),
                     ));
                 }
-            } else if scheme != "peer" && !plugin_kinds.iter().any(|p| *p == scheme) {
+            } else if scheme != "peer" && !plugin_kinds.contains(&scheme) {
                 return Err(err(
                     &format!("{key}.url"),
                     format!(
@@ -487,13 +487,12 @@ impl Config {
                 rule.token = Some("***".into());
             }
         }
-        if let Some(u) = &c.store.url {
-            if let Ok(mut parsed) = url::Url::parse(u) {
-                if parsed.password().is_some() {
-                    let _ = parsed.set_password(Some("***"));
-                    c.store.url = Some(parsed.to_string());
-                }
-            }
+        if let Some(u) = &c.store.url
+            && let Ok(mut parsed) = url::Url::parse(u)
+            && parsed.password().is_some()
+        {
+            let _ = parsed.set_password(Some("***"));
+            c.store.url = Some(parsed.to_string());
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}"))
     }

@@ -25,3 +25,9 @@ pub use syncline_transport_quic as transport_quic;
 pub use syncline_transport_redis as transport_redis;
 #[cfg(feature = "transport-websocket")]
 pub use syncline_transport_websocket as transport_websocket;
+
+/// Installs the process-wide TLS crypto provider (ring) once; every HTTP client and QUIC
+/// endpoint needs it.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -296,6 +296,7 @@ async fn status(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    syncline::install_crypto();
     let cli = Cli::parse();
     match &cli.command {
         Command::Node { .. } => init_logs("info"),

@@ -47,7 +47,7 @@ pub struct Node {
     pub http_addr: SocketAddr,
     /// The bound QUIC address, if listening.
     pub quic_addr: Option<SocketAddr>,
-    server: Option<syncline_transport_http::Server>,
+    server: Option<HttpServer>,
 }
 
 impl std::fmt::Debug for Node {
@@ -109,6 +109,7 @@ struct Transports {
     quic: Arc<syncline_transport_quic::QuicTransport>,
 }
 
+#[cfg_attr(not(feature = "transport-http"), allow(unused_variables))]
 fn transports(config: &Config, plugins: &crate::plugins::Loaded) -> anyhow::Result<Transports> {
     let mut registry = TransportRegistry::new();
     #[cfg(feature = "transport-http")]
@@ -166,7 +167,7 @@ fn scheduler(config: &Config) -> anyhow::Result<Arc<dyn Scheduler>> {
 impl Node {
     /// Checks the configuration and starts the node.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
-        syncline_transport_http::install_crypto();
+        crate::install_crypto();
         let plugins = crate::plugins::Loaded::load(&config.plugins)?;
         config.validate(&compiled_features(), &plugins.kinds())?;
         let store = open_store(&config, &plugins).await?;
@@ -211,33 +212,29 @@ impl Node {
         let accept: syncline_core::AcceptFn = Arc::new(move |link| {
             r.serve(link);
         });
-        let mut app = router(state);
+        let app = router(state);
         #[cfg(feature = "transport-http")]
-        {
-            app = app.merge(syncline_transport_http::router(
-                accept.clone(),
-                syncline_transport_http::ServerOptions {
-                    max_body_bytes: config.sync.max_frame_bytes,
-                    ..Default::default()
-                },
-            ));
-        }
+        let app = app.merge(syncline_transport_http::router(
+            accept.clone(),
+            syncline_transport_http::ServerOptions {
+                max_body_bytes: config.sync.max_frame_bytes,
+                ..Default::default()
+            },
+        ));
         #[cfg(feature = "transport-websocket")]
-        {
-            app = app.merge(syncline_transport_websocket::router(
-                accept.clone(),
-                syncline_transport_websocket::WsOptions {
-                    max_message_bytes: config.sync.max_frame_bytes,
-                    ..Default::default()
-                },
-            ));
-        }
+        let app = app.merge(syncline_transport_websocket::router(
+            accept.clone(),
+            syncline_transport_websocket::WsOptions {
+                max_message_bytes: config.sync.max_frame_bytes,
+                ..Default::default()
+            },
+        ));
         let _ = &accept;
         let listener = tokio::net::TcpListener::bind(config.listen.http)
             .await
             .with_context(|| format!("listen.http: cannot listen on {}", config.listen.http))?;
         let http_addr = listener.local_addr()?;
-        let server = syncline_transport_http::Server::serve(listener, app)?;
+        let server = HttpServer::serve(listener, app);
         let mut quic_addr = None;
         if let Some(addr) = config.listen.quic {
             let url = reactor
@@ -249,12 +246,12 @@ impl Node {
                 url.port().unwrap_or(addr.port()),
             ));
             #[cfg(feature = "transport-quic")]
-            if let Some(path) = &config.transports.quic.write_self_signed {
-                if let Some(pem) = transports.quic.self_signed_pem() {
-                    std::fs::write(path, pem).with_context(|| {
-                        format!("writing the self-signed certificate to {}", path.display())
-                    })?;
-                }
+            if let Some(path) = &config.transports.quic.write_self_signed
+                && let Some(pem) = transports.quic.self_signed_pem()
+            {
+                std::fs::write(path, pem).with_context(|| {
+                    format!("writing the self-signed certificate to {}", path.display())
+                })?;
             }
         }
         if let Some(url) = &config.listen.redis {
@@ -285,6 +282,38 @@ impl Node {
         }
         self.reactor.shutdown(grace).await;
         tracing::info!(node = %self.config.node_id, "syncline node stopped");
+    }
+}
+
+/// The node's HTTP server (API, metrics, and the HTTP and WebSocket sync endpoints), with
+/// graceful shutdown.
+struct HttpServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            let served = axum::serve(listener, service).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = served.await {
+                tracing::warn!(error = %e, "the HTTP server stopped");
+            }
+        });
+        HttpServer { stop, task }
+    }
+
+    /// Stops accepting and lets open requests finish, at most `grace`.
+    async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(());
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            abort.abort();
+        }
     }
 }
 

@@ -1,5 +1,9 @@
-//! Tests of the `syncline` binary, run as a real process.
+//! Tests of the `syncline` node, its configuration, API, commands and processes.
 
 #![allow(clippy::unwrap_used)]
 
+mod api;
+mod config;
 mod demo;
+mod procs;
+mod support;

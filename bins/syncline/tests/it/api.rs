@@ -1,0 +1,218 @@
+//! The application API of an in-process node.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use syncline::config::Config;
+use syncline::node::Node;
+
+async fn node(name: &str) -> Node {
+    let mut c = Config {
+        node_id: name.to_owned(),
+        ..Config::default()
+    };
+    c.store.kind = "memory".into();
+    c.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    Node::start(c).await.unwrap()
+}
+
+async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = match method {
+        "POST" => client.post(url),
+        "DELETE" => client.delete(url),
+        _ => client.get(url),
+    };
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_remotes_status_and_errors() {
+    let n = node("api").await;
+    let base = format!("http://{}", n.http_addr);
+    let (s, v) = call(
+        "POST",
+        &format!("{base}/v1/documents/drive%2Fa/actions"),
+        Some(json!({"actions": [
+            {"type": "set", "input": {"path": "/title", "value": "hello"}},
+            {"type": "increment", "input": {"path": "/n", "by": 2}},
+            {"type": "push", "input": {"path": "/title", "value": 1}},
+        ]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let ops = v["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 3);
+    assert_eq!(ops[0]["ordinal"], 1);
+    let (s, v) = call("GET", &format!("{base}/v1/documents/drive%2Fa"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["state"], json!({"title": "hello", "n": 2}));
+    assert_eq!(v["revision"], 3);
+    assert_eq!(v["errored"], 1);
+    assert!(
+        v["operations"][2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot push")
+    );
+    let (_, v) = call(
+        "GET",
+        &format!("{base}/v1/documents/drive%2Fa/operations"),
+        None,
+    )
+    .await;
+    assert_eq!(v["operations"].as_array().unwrap().len(), 3);
+    let (_, v) = call(
+        "GET",
+        &format!("{base}/v1/documents/drive%2Fa?scope=other&operations=false"),
+        None,
+    )
+    .await;
+    assert_eq!(v["revision"], 0);
+    let (_, v) = call("GET", &format!("{base}/v1/documents"), None).await;
+    assert_eq!(v["strands"][0]["strand"]["document_id"], "drive/a");
+
+    // Errors are JSON with a kind and a fitting status.
+    let (s, v) = call(
+        "POST",
+        &format!("{base}/v1/documents/d/actions"),
+        Some(json!({"actions": [{"type": "set", "input": {"path": "x"}}]})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["kind"], "invalid_input");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("JSON Pointer")
+    );
+    let (s, v) = call(
+        "POST",
+        &format!("{base}/v1/documents/d/actions"),
+        Some(json!({"nope": 1})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["kind"], "invalid_input");
+    let (s, v) = call("GET", &format!("{base}/v2/whatever"), None).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["kind"], "not_found");
+    let (s, _) = call("GET", &format!("{base}/v1/documents/has%20space"), None).await;
+    assert_eq!(s, 400);
+
+    // Remotes at runtime.
+    let (s, v) = call(
+        "POST",
+        &format!("{base}/v1/remotes"),
+        Some(json!({"name": "b", "url": "ws://127.0.0.1:1", "mode": "push"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["name"], "b");
+    let (s, v) = call(
+        "POST",
+        &format!("{base}/v1/remotes"),
+        Some(json!({"name": "b", "url": "ws://127.0.0.1:1"})),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    let (_, v) = call("GET", &format!("{base}/v1/remotes"), None).await;
+    assert_eq!(v["remotes"].as_array().unwrap().len(), 1);
+    let (s, v) = call("GET", &format!("{base}/v1/remotes/b"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["outbox_lag"], 3);
+    let (_, v) = call("GET", &format!("{base}/v1/sync/status"), None).await;
+    assert_eq!(v["reactor_id"], "api");
+    assert_eq!(v["remotes"][0]["name"], "b");
+    let (s, _) = call("DELETE", &format!("{base}/v1/remotes/b"), None).await;
+    assert_eq!(s, 204);
+    let (s, _) = call("DELETE", &format!("{base}/v1/remotes/b"), None).await;
+    assert_eq!(s, 404);
+    let (_, v) = call("GET", &format!("{base}/v1/dead-letters"), None).await;
+    assert_eq!(v["dead_letters"], json!([]));
+    let (s, v) = call("GET", &format!("{base}/healthz"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["head"], 3);
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let a = node("metrics-a").await;
+    let b = node("metrics-b").await;
+    a.reactor
+        .sync()
+        .add_remote(
+            syncline_core::RemoteConfig::new("b", &format!("ws://{}", b.http_addr))
+                .unwrap()
+                .with_mode(syncline_core::SyncMode::PingPong),
+        )
+        .await
+        .unwrap();
+    let base = format!("http://{}", a.http_addr);
+    call(
+        "POST",
+        &format!("{base}/v1/documents/m/actions"),
+        Some(json!({"actions": [{"type": "increment", "input": {"path": "/n"}}]})),
+    )
+    .await;
+    a.reactor
+        .sync()
+        .wait_for_sync("b", std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "syncline_ops_submitted_total",
+        "syncline_ops_pushed_total",
+        "syncline_ops_pulled_total",
+        "syncline_batches_total",
+        "syncline_bytes_total",
+        "syncline_queue_depth_jobs",
+        "syncline_outbox_lag_ops",
+        "syncline_pull_interval_seconds",
+        "syncline_push_duration_seconds_bucket",
+        "syncline_scheduler_interval_seconds",
+    ] {
+        assert!(text.contains(name), "{name} is missing:\n{text}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (./scripts/test installs the prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

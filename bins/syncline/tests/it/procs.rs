@@ -1,0 +1,255 @@
+//! `syncline node` processes: the client commands, graceful shutdown, and three nodes over
+//! WebSocket, HTTP and QUIC surviving a SIGKILL mid-run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{NodeProc, free_port, free_udp_port, syncline};
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = syncline().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_commands_and_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut a = NodeProc::start(
+        dir.path(),
+        "cli",
+        port,
+        &format!(
+            "node_id = \"cli\"\ndata_dir = \"{}\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n",
+            dir.path().display()
+        ),
+    );
+    let node = a.http.clone();
+    let (ok, out, err) = run(&[
+        "doc",
+        "apply",
+        "drive/x",
+        "set",
+        r#"{"path":"/a","value":1}"#,
+        "increment",
+        r#"{"path":"/n","by":5}"#,
+        "--node",
+        &node,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("applied 2 operation(s) to drive/x"), "{out}");
+    let (ok, out, err) = run(&[
+        "doc",
+        "apply",
+        "drive/x",
+        "push",
+        r#"{"path":"/l","value":"x"}"#,
+        "--node",
+        &node,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["operations"][0]["ordinal"], 3);
+    let (ok, out, _) = run(&["doc", "show", "drive/x", "--node", &node, "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], json!({"a": 1, "n": 5, "l": ["x"]}));
+    let (ok, out, _) = run(&["doc", "show", "drive/x", "--node", &node, "--operations"]);
+    assert!(ok);
+    assert!(out.contains("revision 3"), "{out}");
+    assert!(out.contains("#2 push"), "{out}");
+    let (ok, out, _) = run(&["status", "--node", &node]);
+    assert!(ok);
+    assert!(
+        out.contains("reactor cli") && out.contains("no remotes"),
+        "{out}"
+    );
+    // Bad input gets a clear error and a failing exit.
+    let (ok, _, err) = run(&["doc", "apply", "d", "set", "{not json", "--node", &node]);
+    assert!(!ok);
+    assert!(err.contains("is not JSON"), "{err}");
+    let (ok, _, err) = run(&[
+        "doc",
+        "apply",
+        "d",
+        "set",
+        r#"{"path":"bad"}"#,
+        "--node",
+        &node,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("400") && err.contains("JSON Pointer"), "{err}");
+    let (ok, _, err) = run(&["status", "--node", "http://127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach the node"), "{err}");
+    // SIGTERM: a graceful stop.
+    assert!(a.terminate(Duration::from_secs(20)), "{}", a.log_text());
+    assert!(
+        a.log_text().contains("syncline node stopped"),
+        "{}",
+        a.log_text()
+    );
+}
+
+fn post(client: &reqwest::blocking::Client, node: &str, doc: &str, n: usize) -> bool {
+    let body = json!({"actions": (0..n).map(|i| json!({"type": "push", "input": {"path": "/items", "value": i}})).collect::<Vec<_>>()});
+    client
+        .post(format!("{node}/v1/documents/{doc}/actions"))
+        .json(&body)
+        .send()
+        .is_ok_and(|r| r.status().as_u16() == 201)
+}
+
+fn get(client: &reqwest::blocking::Client, url: &str) -> Option<Value> {
+    client.get(url).send().ok()?.json().ok()
+}
+
+#[test]
+fn three_nodes_over_three_transports_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (ha, hb, hc) = (free_port(), free_port(), free_port());
+    let (qa, qc) = (free_udp_port(), free_udp_port());
+    let common = |name: &str, http: u16, quic: Option<u16>| {
+        format!(
+            "node_id = \"{name}\"\ndata_dir = \"{d}\"\nshutdown_grace = 2\n[listen]\nhttp = \"127.0.0.1:{http}\"\n{q}\n\
+             [transports.quic]\ncert = \"{c}\"\nkey = \"{k}\"\nca = \"{c}\"\n[sync]\nrequest_timeout = 3000\n",
+            d = dir.path().display(),
+            c = cert.display(),
+            k = key.display(),
+            q = quic
+                .map(|p| format!("quic = \"127.0.0.1:{p}\""))
+                .unwrap_or_default(),
+        )
+    };
+    let remote = |name: &str, url: String| {
+        format!("[[remotes]]\nname = \"{name}\"\nurl = \"{url}\"\nmode = \"ping_pong\"\n")
+    };
+    let c = NodeProc::start(dir.path(), "c", hc, &common("c", hc, Some(qc)));
+    let mut b = NodeProc::start(
+        dir.path(),
+        "b",
+        hb,
+        &format!(
+            "{}{}",
+            common("b", hb, None),
+            remote("c", format!("http://127.0.0.1:{hc}"))
+        ),
+    );
+    let a = NodeProc::start(
+        dir.path(),
+        "a",
+        ha,
+        &format!(
+            "{}{}{}",
+            common("a", ha, Some(qa)),
+            remote("b", format!("ws://127.0.0.1:{hb}")),
+            remote("c", format!("quic://127.0.0.1:{qc}"))
+        ),
+    );
+    syncline::install_crypto();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let nodes = [a.http.clone(), b.http.clone(), c.http.clone()];
+    // 10,050 operations in submissions of 50 on all three nodes; b is killed with SIGKILL a
+    // third of the way through and restarted later; while it is down its share goes to a.
+    let rounds = 67;
+    let mut acked = 0usize;
+    let mut b_down = false;
+    for round in 0..rounds {
+        if round == rounds / 3 {
+            b.kill();
+            b_down = true;
+        }
+        if round == rounds / 3 + 10 {
+            b.restart();
+            b_down = false;
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let target = if i == 1 && b_down { &nodes[0] } else { node };
+            let doc = format!("doc-{}", round % 5);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if post(&client, target, &doc, 50) {
+                    acked += 50;
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{target} never accepted the write"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    assert_eq!(acked, 3 * rounds * 50);
+    // Everything converges: every node holds every acknowledged operation, once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let heads: Vec<u64> = nodes
+            .iter()
+            .map(|n| {
+                get(&client, &format!("{n}/healthz")).map_or(0, |v| v["head"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        if heads.iter().all(|h| *h == acked as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged: heads {heads:?}, expected {acked}\na: {}\nb: {}",
+            a.log_text()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            b.log_text()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut views: Vec<BTreeMap<String, (Value, BTreeSet<String>)>> = Vec::new();
+    for n in &nodes {
+        let mut docs = BTreeMap::new();
+        for d in 0..5 {
+            let v = get(&client, &format!("{n}/v1/documents/doc-{d}")).unwrap();
+            let ids: Vec<String> = v["operations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_owned())
+                .collect();
+            let unique: BTreeSet<String> = ids.iter().cloned().collect();
+            assert_eq!(unique.len(), ids.len(), "{n} holds an operation twice");
+            docs.insert(format!("doc-{d}"), (v["state"].clone(), unique));
+        }
+        views.push(docs);
+    }
+    assert_eq!(views[0], views[1], "a and b differ");
+    assert_eq!(views[0], views[2], "a and c differ");
+    let total: usize = views[0].values().map(|(_, ids)| ids.len()).sum();
+    assert_eq!(total, acked, "nothing lost, nothing extra");
+    let status = get(&client, &format!("{}/v1/sync/status", nodes[0])).unwrap();
+    for r in status["remotes"].as_array().unwrap() {
+        assert_eq!(r["dead_letters"], 0, "{r}");
+    }
+}
