@@ -206,3 +206,93 @@ impl<T: OperationStore + SyncStorage + ?Sized> Store for T {}
 
 /// Shared store handle.
 pub type DynStore = Arc<dyn Store>;
+
+/// Byte encodings of strand and sort keys shared by the stores, in which byte order is the
+/// canonical order.
+pub mod keys {
+    use crate::clock::Hlc;
+    use crate::types::{OpId, SortKey, StrandId};
+
+    /// Document id, scope and branch, each as a big-endian `u16` length and its bytes.
+    pub fn strand_key(doc: &str, scope: &str, branch: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(6 + doc.len() + scope.len() + branch.len());
+        for part in [doc, scope, branch] {
+            k.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            k.extend_from_slice(part.as_bytes());
+        }
+        k
+    }
+
+    /// The strand key of a strand.
+    pub fn strand_key_of(s: &StrandId) -> Vec<u8> {
+        strand_key(
+            s.document_id.as_str(),
+            s.scope.as_str(),
+            s.branch.as_str(),
+        )
+    }
+
+    /// Parses a strand key.
+    pub fn parse_strand_key(k: &[u8]) -> Option<StrandId> {
+        let mut parts = Vec::with_capacity(3);
+        let mut rest = k;
+        for _ in 0..3 {
+            if rest.len() < 2 {
+                return None;
+            }
+            let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            parts.push(std::str::from_utf8(rest.get(2..2 + n)?).ok()?);
+            rest = &rest[2 + n..];
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        StrandId::parse(parts[0], Some(parts[1]), Some(parts[2])).ok()
+    }
+
+    /// HLC millis (`u64` BE), counter (`u32` BE), then the 16 op-id bytes.
+    pub fn sort_key_bytes(k: &SortKey) -> [u8; 28] {
+        let mut out = [0u8; 28];
+        out[..8].copy_from_slice(&k.timestamp.millis.to_be_bytes());
+        out[8..12].copy_from_slice(&k.timestamp.counter.to_be_bytes());
+        out[12..].copy_from_slice(k.id.as_bytes());
+        out
+    }
+
+    /// Parses a sort key.
+    pub fn parse_sort_key(b: &[u8]) -> Option<SortKey> {
+        if b.len() != 28 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[12..]);
+        Some(SortKey {
+            timestamp: Hlc {
+                millis: u64::from_be_bytes(b[..8].try_into().ok()?),
+                counter: u32::from_be_bytes(b[8..12].try_into().ok()?),
+            },
+            id: OpId::from_bytes(id),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keys_round_trip_and_sort_canonically() {
+            let s = StrandId::parse("doc/a", Some("global"), Some("main")).unwrap();
+            assert_eq!(parse_strand_key(&strand_key_of(&s)), Some(s));
+            let a = SortKey {
+                timestamp: Hlc { millis: 5, counter: 9 },
+                id: OpId::from_bytes([9; 16]),
+            };
+            let b = SortKey {
+                timestamp: Hlc { millis: 6, counter: 0 },
+                id: OpId::from_bytes([1; 16]),
+            };
+            assert!(sort_key_bytes(&a) < sort_key_bytes(&b));
+            assert_eq!(parse_sort_key(&sort_key_bytes(&a)), Some(a));
+        }
+    }
+}

@@ -341,3 +341,27 @@ pub mod crash {
 pub mod harnesses;
 pub mod sched_compare;
 pub mod transport_suite;
+
+/// The shared library of an example plugin (`kvfile`, `tcp`, `testing`), built next to the
+/// running test (`./scripts/test` builds them first).
+pub fn plugin_library(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("a target directory")
+        .to_path_buf();
+    let file = format!(
+        "{}syncline_plugin_{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let path = dir.join(&file);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p syncline-plugin-{name}` (./scripts/test does)",
+        path.display()
+    );
+    path
+}

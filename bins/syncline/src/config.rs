@@ -55,6 +55,9 @@ pub struct ListenConfig {
     pub quic: Option<SocketAddr>,
     /// A Redis pub/sub listener: `redis://host:port?as=<name>`.
     pub redis: Option<String>,
+    /// More listen URLs, for transports that listen by themselves (plugin transports such as
+    /// `tcp://127.0.0.1:7000`).
+    pub urls: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -63,6 +66,7 @@ impl Default for ListenConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             quic: None,
             redis: None,
+            urls: Vec::new(),
         }
     }
 }
@@ -420,6 +424,17 @@ impl Config {
                 .is_some_and(|u| u.query_pairs().any(|(k, _)| k == "as"));
             if !ok {
                 return Err(err("listen.redis", "expected redis://host:port?as=<name>"));
+            }
+        }
+        for (i, u) in self.listen.urls.iter().enumerate() {
+            let scheme = url::Url::parse(u)
+                .map(|u| u.scheme().to_owned())
+                .map_err(|e| err(&format!("listen.urls[{i}]"), format!("{u:?} is not a URL: {e}")))?;
+            if !plugin_kinds.contains(&scheme) && feature_for_scheme(&scheme).is_none() {
+                return Err(err(
+                    &format!("listen.urls[{i}]"),
+                    format!("no loaded transport handles {scheme}://"),
+                ));
             }
         }
         match self.scheduler.kind.as_str() {

@@ -254,6 +254,12 @@ impl Node {
                 })?;
             }
         }
+        for url in &config.listen.urls {
+            reactor
+                .listen(url)
+                .await
+                .with_context(|| format!("listen.urls: cannot listen on {url}"))?;
+        }
         if let Some(url) = &config.listen.redis {
             reactor
                 .listen(url)

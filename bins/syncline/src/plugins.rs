@@ -1,35 +1,49 @@
-//! Runtime plugins named in the configuration (`[[plugins]]`).
+//! Runtime plugins named in the configuration (`[[plugins]] path = ...`): stores and transports
+//! syncline was not compiled with. See `docs/plugins.md`.
 
 use std::sync::Arc;
 
+use anyhow::bail;
 use syncline_core::{DynStore, Transport};
+use syncline_plugin_host::Plugin;
 
 use crate::config::PluginConfig;
 
 /// The plugins a node loaded.
 #[derive(Default, Debug)]
 pub struct Loaded {
-    stores: Vec<String>,
-    transports: Vec<Arc<dyn Transport>>,
+    plugins: Vec<Plugin>,
 }
 
 impl Loaded {
-    /// Loads the configured plugins.
+    /// Loads the configured plugins (and only those), checking each before use.
     pub fn load(configs: &[PluginConfig]) -> anyhow::Result<Self> {
-        if let Some(p) = configs.first() {
-            anyhow::bail!(
-                "plugins[0].path: cannot load {}: this build of syncline has no plugin loader",
-                p.path.display()
-            );
+        let mut plugins: Vec<Plugin> = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            let p = Plugin::load(&c.path).map_err(|e| {
+                anyhow::anyhow!("invalid configuration: plugins[{i}].path: {}", e.message())
+            })?;
+            if plugins.iter().any(|q| q.name == p.name) {
+                bail!(
+                    "invalid configuration: plugins[{i}].path: a plugin named {:?} is already loaded",
+                    p.name
+                );
+            }
+            plugins.push(p);
         }
-        Ok(Loaded::default())
+        Ok(Loaded { plugins })
     }
 
     /// Store kinds and URL schemes the plugins provide.
     pub fn kinds(&self) -> Vec<String> {
-        let mut k = self.stores.clone();
-        for t in &self.transports {
-            k.extend(t.schemes().into_iter().map(str::to_owned));
+        let mut k = Vec::new();
+        for p in &self.plugins {
+            if let Some(s) = p.store_kind() {
+                k.push(s.to_owned());
+            }
+            if let Some(s) = p.scheme() {
+                k.push(s);
+            }
         }
         k
     }
@@ -40,12 +54,22 @@ impl Loaded {
         kind: &str,
         options: &Option<serde_json::Value>,
     ) -> anyhow::Result<Option<DynStore>> {
-        let _ = (kind, options);
+        for p in &self.plugins {
+            if p.store_kind() == Some(kind) {
+                let opts = options.clone().unwrap_or(serde_json::Value::Null);
+                return Ok(Some(p.open_store(&opts).await.map_err(|e| {
+                    anyhow::anyhow!("store: the {kind} plugin cannot open the store: {}", e.message())
+                })?));
+            }
+        }
         Ok(None)
     }
 
     /// The transports the plugins provide.
     pub fn transports(&self) -> Vec<Arc<dyn Transport>> {
-        self.transports.clone()
+        self.plugins
+            .iter()
+            .filter_map(|p| p.transport().ok())
+            .collect()
     }
 }

@@ -32,6 +32,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 use syncline_core::filter::ReadFilter;
+use syncline_core::store::keys::{parse_strand_key, sort_key_bytes, strand_key, strand_key_of};
 use syncline_core::store::{
     ApplyBatch, ApplyOutcome, MAX_SCAN_ROWS, MetaSpace, MetaWrite, OpOutcome, OperationStore,
     ReadPage, SyncStorage,
@@ -139,45 +140,6 @@ fn map_storage(path: &Path, what: &str, e: StorageError) -> Error {
         ),
         other => storage(path, what, other),
     }
-}
-
-fn strand_key(doc: &str, scope: &str, branch: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(6 + doc.len() + scope.len() + branch.len());
-    for part in [doc, scope, branch] {
-        k.extend_from_slice(&(part.len() as u16).to_be_bytes());
-        k.extend_from_slice(part.as_bytes());
-    }
-    k
-}
-
-fn strand_key_of(s: &StrandId) -> Vec<u8> {
-    strand_key(s.document_id.as_str(), s.scope.as_str(), s.branch.as_str())
-}
-
-fn sort_key_bytes(k: &SortKey) -> [u8; 28] {
-    let mut out = [0u8; 28];
-    out[..8].copy_from_slice(&k.timestamp.millis.to_be_bytes());
-    out[8..12].copy_from_slice(&k.timestamp.counter.to_be_bytes());
-    out[12..].copy_from_slice(k.id.as_bytes());
-    out
-}
-
-fn parse_strand_key(k: &[u8]) -> Option<(String, String, String)> {
-    let mut parts = Vec::with_capacity(3);
-    let mut rest = k;
-    for _ in 0..3 {
-        if rest.len() < 2 {
-            return None;
-        }
-        let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-        let s = std::str::from_utf8(rest.get(2..2 + n)?).ok()?;
-        parts.push(s.to_owned());
-        rest = &rest[2 + n..];
-    }
-    let branch = parts.pop()?;
-    let scope = parts.pop()?;
-    let doc = parts.pop()?;
-    Some((doc, scope, branch))
 }
 
 fn meta_key(space: MetaSpace, key: &str) -> String {
@@ -655,7 +617,7 @@ impl OperationStore for RedbStore {
                 .map_err(|e| map_storage(path, "reading strands", e))?
             {
                 let (k, v) = entry.map_err(|e| map_storage(path, "reading strands", e))?;
-                let (doc, scope, branch) = parse_strand_key(k.value()).ok_or_else(|| {
+                let strand = parse_strand_key(k.value()).ok_or_else(|| {
                     Error::new(
                         ErrorKind::Corrupt,
                         format!("redb store {}: a strand key does not parse", path.display()),
@@ -663,7 +625,7 @@ impl OperationStore for RedbStore {
                 })?;
                 let m = decode_meta(path, v.value())?;
                 out.push(StrandHead {
-                    strand: StrandId::parse(&doc, Some(&scope), Some(&branch))?,
+                    strand,
                     document_type: m.document_type,
                     revision: m.revision,
                     last: m.last,
@@ -807,32 +769,6 @@ impl SyncStorage for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use syncline_core::Hlc;
-
-    #[test]
-    fn keys_sort_canonically_and_round_trip() {
-        let k = strand_key("doc/a", "global", "main");
-        assert_eq!(
-            parse_strand_key(&k),
-            Some(("doc/a".into(), "global".into(), "main".into()))
-        );
-        let a = SortKey {
-            timestamp: Hlc {
-                millis: 5,
-                counter: 9,
-            },
-            id: OpId::from_random_bytes([9; 16]),
-        };
-        let b = SortKey {
-            timestamp: Hlc {
-                millis: 6,
-                counter: 0,
-            },
-            id: OpId::from_random_bytes([1; 16]),
-        };
-        assert!(sort_key_bytes(&a) < sort_key_bytes(&b));
-        assert!(a < b);
-    }
 
     #[tokio::test]
     async fn foreign_and_corrupt_files_are_refused_clearly() {

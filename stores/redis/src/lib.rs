@@ -28,6 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 use serde::{Deserialize, Serialize};
 use syncline_core::filter::ReadFilter;
+use syncline_core::store::keys::{parse_sort_key, parse_strand_key, sort_key_bytes, strand_key};
 use syncline_core::store::{
     ApplyBatch, ApplyOutcome, MAX_SCAN_ROWS, MetaSpace, MetaWrite, OpOutcome, OperationStore,
     ReadPage, SyncStorage,
@@ -220,52 +221,6 @@ impl Inner {
             ),
         )
     }
-}
-
-fn strand_key(doc: &str, scope: &str, branch: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(6 + doc.len() + scope.len() + branch.len());
-    for part in [doc, scope, branch] {
-        k.extend_from_slice(&(part.len() as u16).to_be_bytes());
-        k.extend_from_slice(part.as_bytes());
-    }
-    k
-}
-
-fn parse_strand_key(k: &[u8]) -> Option<StrandId> {
-    let mut parts = Vec::with_capacity(3);
-    let mut rest = k;
-    for _ in 0..3 {
-        if rest.len() < 2 {
-            return None;
-        }
-        let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-        parts.push(std::str::from_utf8(rest.get(2..2 + n)?).ok()?);
-        rest = &rest[2 + n..];
-    }
-    StrandId::parse(parts[0], Some(parts[1]), Some(parts[2])).ok()
-}
-
-fn sort_key_bytes(k: &SortKey) -> [u8; 28] {
-    let mut out = [0u8; 28];
-    out[..8].copy_from_slice(&k.timestamp.millis.to_be_bytes());
-    out[8..12].copy_from_slice(&k.timestamp.counter.to_be_bytes());
-    out[12..].copy_from_slice(k.id.as_bytes());
-    out
-}
-
-fn parse_sort_key(b: &[u8]) -> Option<SortKey> {
-    if b.len() != 28 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&b[12..]);
-    Some(SortKey {
-        timestamp: syncline_core::Hlc {
-            millis: u64::from_be_bytes(b[..8].try_into().ok()?),
-            counter: u32::from_be_bytes(b[8..12].try_into().ok()?),
-        },
-        id: OpId::from_bytes(id),
-    })
 }
 
 impl RedisStore {

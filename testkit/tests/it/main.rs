@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod scheduling;
+mod plugins;
 mod sim;
 mod stores;
 mod sync;

@@ -1,0 +1,885 @@
+//! The syncline plugin ABI, and the safe traits plugin authors implement.
+//!
+//! Rust has no stable ABI, so a plugin is a shared library (`cdylib`) exporting one
+//! `extern "C"` function, [`ENTRY_SYMBOL`], that returns a pointer to a `#[repr(C)]`
+//! [`PluginTable`]. Only C-compatible data crosses the boundary: byte buffers with lengths,
+//! status codes, and opaque handles. The table's first field is the ABI version, which the host
+//! reads before anything else.
+//!
+//! A plugin author implements [`StorePlugin`] (an ordered key-value store with atomic write
+//! batches) and/or [`TransportPlugin`] (framed links by URL), and exports them with
+//! [`export_plugin!`]; the generated code catches every panic and turns it into an error
+//! code, and never lets a Rust type cross the boundary. The host (`syncline-plugin-host`)
+//! adapts these interfaces to syncline's `Store` and `Transport`, so all sync logic stays in
+//! the host. `docs/plugins.md` is the author's guide.
+
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+/// The ABI version this crate speaks. A host refuses a plugin of another version.
+pub const ABI_VERSION: u32 = 1;
+
+/// The name of the one symbol a plugin exports.
+pub const ENTRY_SYMBOL: &[u8] = b"syncline_plugin_entry\0";
+
+/// The plugin provides a store.
+pub const KIND_STORE: u32 = 1;
+/// The plugin provides a transport.
+pub const KIND_TRANSPORT: u32 = 2;
+
+/// A call succeeded.
+pub const OK: i32 = 0;
+/// A call failed; the error buffer says why.
+pub const ERR_FAILED: i32 = 1;
+/// The plugin panicked; the error buffer holds the panic message.
+pub const ERR_PANIC: i32 = 2;
+/// Nothing arrived in time (`recv`, `accept`).
+pub const ERR_TIMEOUT: i32 = 3;
+/// The link or listener is closed.
+pub const ERR_CLOSED: i32 = 4;
+/// The input was refused as invalid.
+pub const ERR_INVALID: i32 = 5;
+/// The peer or resource is unavailable right now (may succeed later).
+pub const ERR_UNAVAILABLE: i32 = 6;
+
+/// A borrowed byte buffer, valid for the duration of the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Bytes {
+    /// Start (may be dangling when `len` is 0).
+    pub ptr: *const u8,
+    /// Length.
+    pub len: usize,
+}
+
+impl Bytes {
+    /// Borrows a slice.
+    pub fn from_slice(s: &[u8]) -> Bytes {
+        Bytes {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// The slice.
+    ///
+    /// # Safety
+    /// `ptr` must point at `len` readable bytes that outlive the returned slice.
+    pub unsafe fn as_slice<'a>(&self) -> &'a [u8] {
+        if self.len == 0 {
+            &[]
+        } else {
+            // SAFETY: the caller guarantees `ptr` points at `len` live bytes.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+}
+
+/// A byte buffer allocated by the plugin and handed to the host, which gives it back to
+/// [`PluginTable::free`] when done.
+#[repr(C)]
+#[derive(Debug)]
+pub struct OwnedBytes {
+    /// Start.
+    pub ptr: *mut u8,
+    /// Length.
+    pub len: usize,
+    /// Capacity (for freeing).
+    pub cap: usize,
+}
+
+impl OwnedBytes {
+    /// An empty buffer (nothing to free).
+    pub const EMPTY: OwnedBytes = OwnedBytes {
+        ptr: std::ptr::null_mut(),
+        len: 0,
+        cap: 0,
+    };
+
+    /// Hands a vector over.
+    pub fn from_vec(v: Vec<u8>) -> OwnedBytes {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        OwnedBytes {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            cap: v.capacity(),
+        }
+    }
+
+    /// Takes the vector back (only in the library that allocated it).
+    ///
+    /// # Safety
+    /// The buffer must come from [`OwnedBytes::from_vec`] in this same library, once.
+    pub unsafe fn into_vec(self) -> Vec<u8> {
+        if self.ptr.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: the caller guarantees this came from `from_vec` here, and gives it up.
+        unsafe { Vec::from_raw_parts(self.ptr, self.len, self.cap) }
+    }
+}
+
+/// Services the host passes in explicitly.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HostApi {
+    /// The host's ABI version.
+    pub abi_version: u32,
+    /// Logs a message: level 1 error, 2 warn, 3 info, 4 debug.
+    pub log: extern "C" fn(level: u32, message: Bytes),
+}
+
+/// The store functions; `handle` is the plugin's opaque store.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StoreVTable {
+    /// Opens a store with JSON options.
+    pub open: extern "C" fn(options: Bytes, out: *mut *mut c_void, err: *mut OwnedBytes) -> i32,
+    /// Reads a key; `found` is set to 0 or 1.
+    pub get: extern "C" fn(
+        handle: *mut c_void,
+        key: Bytes,
+        found: *mut u8,
+        out: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32,
+    /// Keys in `[start, end)` (an empty `end` is unbounded), at most `limit`, encoded as
+    /// repeated `u32 LE key length, key, u32 LE value length, value`.
+    pub scan: extern "C" fn(
+        handle: *mut c_void,
+        start: Bytes,
+        end: Bytes,
+        limit: u32,
+        out: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32,
+    /// Applies a batch atomically: repeated `u8 op (1 put, 2 delete), u32 LE key length, key`
+    /// and, for puts, `u32 LE value length, value`.
+    pub write_batch: extern "C" fn(handle: *mut c_void, batch: Bytes, err: *mut OwnedBytes) -> i32,
+    /// Closes the store.
+    pub close: extern "C" fn(handle: *mut c_void),
+}
+
+/// The transport functions; `link` and `listener` are the plugin's opaque handles. Calls may
+/// block; the host calls them from its own threads, and `send` and `recv` of one link from two
+/// threads at once.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TransportVTable {
+    /// The URL scheme, as UTF-8 (static for the library's lifetime).
+    pub scheme: Bytes,
+    /// Dials a URL.
+    pub connect: extern "C" fn(url: Bytes, out: *mut *mut c_void, err: *mut OwnedBytes) -> i32,
+    /// Listens on a URL; `local_url` receives the URL peers dial.
+    pub listen: extern "C" fn(
+        url: Bytes,
+        out: *mut *mut c_void,
+        local_url: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32,
+    /// Waits up to `timeout_ms` for a link; `ERR_TIMEOUT` if none came.
+    pub accept: extern "C" fn(
+        listener: *mut c_void,
+        timeout_ms: u32,
+        out: *mut *mut c_void,
+        err: *mut OwnedBytes,
+    ) -> i32,
+    /// Stops listening and frees the listener.
+    pub close_listener: extern "C" fn(listener: *mut c_void),
+    /// Sends one frame.
+    pub send: extern "C" fn(link: *mut c_void, frame: Bytes, err: *mut OwnedBytes) -> i32,
+    /// Waits up to `timeout_ms` for one frame; `ERR_TIMEOUT` or `ERR_CLOSED` otherwise.
+    pub recv: extern "C" fn(
+        link: *mut c_void,
+        timeout_ms: u32,
+        out: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32,
+    /// Closes the link (both directions; a blocked `recv` returns `ERR_CLOSED`).
+    pub shutdown: extern "C" fn(link: *mut c_void),
+    /// Frees the link; called once, after every other call on it returned.
+    pub free_link: extern "C" fn(link: *mut c_void),
+}
+
+/// What the entry point returns. `abi_version` must stay the first field in every version.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PluginTable {
+    /// The ABI version the plugin was built for.
+    pub abi_version: u32,
+    /// [`KIND_STORE`] and/or [`KIND_TRANSPORT`].
+    pub kinds: u32,
+    /// The plugin's name (the store kind in configuration), UTF-8.
+    pub name: Bytes,
+    /// Frees a buffer the plugin handed out.
+    pub free: extern "C" fn(buf: OwnedBytes),
+    /// Store functions, if `kinds` has [`KIND_STORE`].
+    pub store: *const StoreVTable,
+    /// Transport functions, if `kinds` has [`KIND_TRANSPORT`].
+    pub transport: *const TransportVTable,
+}
+
+// SAFETY: the table is immutable static data plus function pointers.
+unsafe impl Sync for PluginTable {}
+// SAFETY: as above.
+unsafe impl Sync for StoreVTable {}
+// SAFETY: as above.
+unsafe impl Sync for TransportVTable {}
+
+/// The entry point's type.
+pub type EntryFn = unsafe extern "C" fn(host: *const HostApi) -> *const PluginTable;
+
+// ---- the safe side ---------------------------------------------------------------------------
+
+/// An error a plugin reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginError {
+    /// One of the `ERR_*` codes.
+    pub code: i32,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl PluginError {
+    /// A failure.
+    pub fn failed(message: impl Into<String>) -> Self {
+        PluginError {
+            code: ERR_FAILED,
+            message: message.into(),
+        }
+    }
+
+    /// Invalid input.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        PluginError {
+            code: ERR_INVALID,
+            message: message.into(),
+        }
+    }
+
+    /// Unavailable for now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        PluginError {
+            code: ERR_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+
+    /// Closed.
+    pub fn closed(message: impl Into<String>) -> Self {
+        PluginError {
+            code: ERR_CLOSED,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// One write of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Put a value.
+    Put(Vec<u8>, Vec<u8>),
+    /// Delete a key.
+    Delete(Vec<u8>),
+}
+
+/// An ordered key-value store with atomic write batches.
+pub trait KvStore: Send + Sync {
+    /// Reads a key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PluginError>;
+    /// Keys in `[start, end)` in order (`end: None` is unbounded), at most `limit`.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError>;
+    /// Applies every write or none, durably when it returns.
+    fn write_batch(&self, ops: &[BatchOp]) -> Result<(), PluginError>;
+}
+
+/// A store plugin: opens stores from JSON options.
+pub trait StorePlugin {
+    /// Opens a store.
+    fn open(options: &serde_json::Value, host: &Host) -> Result<Box<dyn KvStore>, PluginError>;
+}
+
+/// What `recv` got.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A frame.
+    Frame(Vec<u8>),
+    /// Nothing within the timeout.
+    Timeout,
+    /// The link is closed.
+    Closed,
+}
+
+/// A framed link: whole frames both ways. `send` and `recv` may run at once on two threads.
+pub trait FrameLink: Send + Sync {
+    /// Sends one frame.
+    fn send(&self, frame: &[u8]) -> Result<(), PluginError>;
+    /// Waits up to `timeout` for one frame.
+    fn recv(&self, timeout: Duration) -> Result<Received, PluginError>;
+    /// Closes both directions; a blocked `recv` returns `Closed`.
+    fn shutdown(&self);
+}
+
+/// Accepts framed links.
+pub trait FrameListener: Send + Sync {
+    /// Waits up to `timeout` for a link.
+    fn accept(&self, timeout: Duration) -> Result<Option<Box<dyn FrameLink>>, PluginError>;
+    /// The URL peers dial.
+    fn local_url(&self) -> String;
+    /// Stops listening.
+    fn close(&self);
+}
+
+/// A transport plugin.
+pub trait TransportPlugin {
+    /// The URL scheme it handles.
+    const SCHEME: &'static str;
+    /// Dials.
+    fn connect(url: &str, host: &Host) -> Result<Box<dyn FrameLink>, PluginError>;
+    /// Listens.
+    fn listen(url: &str, host: &Host) -> Result<Box<dyn FrameListener>, PluginError>;
+}
+
+/// The host's services as the plugin sees them.
+#[derive(Clone, Copy)]
+pub struct Host {
+    log: Option<extern "C" fn(u32, Bytes)>,
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Host")
+    }
+}
+
+impl Host {
+    /// A host without services (plugins used directly, compiled in).
+    pub fn detached() -> Host {
+        Host { log: None }
+    }
+
+    /// Logs through the host: level 1 error, 2 warn, 3 info, 4 debug.
+    pub fn log(&self, level: u32, message: &str) {
+        if let Some(log) = self.log {
+            log(level, Bytes::from_slice(message.as_bytes()));
+        }
+    }
+}
+
+// ---- the generated side ----------------------------------------------------------------------
+
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+    use std::sync::OnceLock;
+
+    pub use serde_json;
+
+    /// The host's services, set once by the entry point.
+    pub static HOST: OnceLock<Host> = OnceLock::new();
+
+    pub fn host() -> Host {
+        HOST.get().copied().unwrap_or(Host::detached())
+    }
+
+    pub fn set_host(api: *const HostApi) {
+        if api.is_null() {
+            return;
+        }
+        // SAFETY: the host passes a pointer to a `HostApi` that lives as long as the plugin.
+        let api = unsafe { &*api };
+        let _ = HOST.set(Host { log: Some(api.log) });
+    }
+
+    fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+        if let Some(s) = p.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = p.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a panic without a message".to_owned()
+        }
+    }
+
+    fn set_err(err: *mut OwnedBytes, message: &str) {
+        if !err.is_null() {
+            // SAFETY: the host passes a valid out-pointer (or null, checked above).
+            unsafe { *err = OwnedBytes::from_vec(message.as_bytes().to_vec()) };
+        }
+    }
+
+    /// Runs `f`, turning errors and panics into codes and messages.
+    pub fn guard(err: *mut OwnedBytes, f: impl FnOnce() -> Result<(), PluginError>) -> i32 {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(Ok(())) => OK,
+            Ok(Err(e)) => {
+                set_err(err, &e.message);
+                e.code
+            }
+            Err(p) => {
+                set_err(err, &format!("the plugin panicked: {}", panic_message(p)));
+                ERR_PANIC
+            }
+        }
+    }
+
+    /// Runs `f` where no error can be reported; panics are swallowed.
+    pub fn guard_quiet(f: impl FnOnce()) {
+        let _ = catch_unwind(AssertUnwindSafe(f));
+    }
+
+    pub extern "C" fn free(buf: OwnedBytes) {
+        guard_quiet(|| {
+            // SAFETY: the host returns buffers this library handed out, once each.
+            drop(unsafe { buf.into_vec() });
+        });
+    }
+
+    fn put_out(out: *mut OwnedBytes, v: Vec<u8>) {
+        if !out.is_null() {
+            // SAFETY: the host passes a valid out-pointer.
+            unsafe { *out = OwnedBytes::from_vec(v) };
+        }
+    }
+
+    // -- store ----------------------------------------------------------------------------
+
+    pub extern "C" fn store_open<P: StorePlugin>(
+        options: Bytes,
+        out: *mut *mut c_void,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        guard(err, || {
+            // SAFETY: the host passes a valid buffer for the call.
+            let text = unsafe { options.as_slice() };
+            let opts: serde_json::Value = if text.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(text)
+                    .map_err(|e| PluginError::invalid(format!("the options are not JSON: {e}")))?
+            };
+            let store = P::open(&opts, &host())?;
+            let boxed: Box<Box<dyn KvStore>> = Box::new(store);
+            // SAFETY: `out` is a valid out-pointer from the host.
+            unsafe { *out = Box::into_raw(boxed) as *mut c_void };
+            Ok(())
+        })
+    }
+
+    /// # Safety
+    /// `h` must come from `store_open` and not be closed.
+    unsafe fn store<'a>(h: *mut c_void) -> &'a dyn KvStore {
+        // SAFETY: guaranteed by the caller.
+        unsafe { &**(h as *mut Box<dyn KvStore>) }
+    }
+
+    pub extern "C" fn store_get(
+        h: *mut c_void,
+        key: Bytes,
+        found: *mut u8,
+        out: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        guard(err, || {
+            // SAFETY: the host passes a live handle and buffers valid for the call.
+            let (s, key) = unsafe { (store(h), key.as_slice()) };
+            match s.get(key)? {
+                Some(v) => {
+                    // SAFETY: valid out-pointers from the host.
+                    unsafe { *found = 1 };
+                    put_out(out, v);
+                }
+                // SAFETY: as above.
+                None => unsafe { *found = 0 },
+            }
+            Ok(())
+        })
+    }
+
+    pub extern "C" fn store_scan(
+        h: *mut c_void,
+        start: Bytes,
+        end: Bytes,
+        limit: u32,
+        out: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        guard(err, || {
+            // SAFETY: the host passes a live handle and buffers valid for the call.
+            let (s, start, end) = unsafe { (store(h), start.as_slice(), end.as_slice()) };
+            let end = (!end.is_empty()).then_some(end);
+            let rows = s.scan(start, end, limit as usize)?;
+            let mut buf = Vec::with_capacity(rows.iter().map(|(k, v)| 8 + k.len() + v.len()).sum());
+            for (k, v) in rows {
+                buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&k);
+                buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&v);
+            }
+            put_out(out, buf);
+            Ok(())
+        })
+    }
+
+    pub extern "C" fn store_write_batch(h: *mut c_void, batch: Bytes, err: *mut OwnedBytes) -> i32 {
+        guard(err, || {
+            // SAFETY: the host passes a live handle and a buffer valid for the call.
+            let (s, bytes) = unsafe { (store(h), batch.as_slice()) };
+            let ops = super::decode_batch(bytes)?;
+            s.write_batch(&ops)
+        })
+    }
+
+    pub extern "C" fn store_close(h: *mut c_void) {
+        guard_quiet(|| {
+            if !h.is_null() {
+                // SAFETY: the host closes a handle from `store_open` once.
+                drop(unsafe { Box::from_raw(h as *mut Box<dyn KvStore>) });
+            }
+        });
+    }
+
+    // -- transport ------------------------------------------------------------------------
+
+    fn text(b: Bytes) -> Result<String, PluginError> {
+        // SAFETY: the host passes a buffer valid for the call.
+        String::from_utf8(unsafe { b.as_slice() }.to_vec())
+            .map_err(|_| PluginError::invalid("the URL is not UTF-8"))
+    }
+
+    pub extern "C" fn t_connect<P: TransportPlugin>(
+        url: Bytes,
+        out: *mut *mut c_void,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        guard(err, || {
+            let link = P::connect(&text(url)?, &host())?;
+            // SAFETY: valid out-pointer from the host.
+            unsafe { *out = Box::into_raw(Box::new(link)) as *mut c_void };
+            Ok(())
+        })
+    }
+
+    pub extern "C" fn t_listen<P: TransportPlugin>(
+        url: Bytes,
+        out: *mut *mut c_void,
+        local: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        guard(err, || {
+            let l = P::listen(&text(url)?, &host())?;
+            put_out(local, l.local_url().into_bytes());
+            // SAFETY: valid out-pointer from the host.
+            unsafe { *out = Box::into_raw(Box::new(l)) as *mut c_void };
+            Ok(())
+        })
+    }
+
+    pub extern "C" fn t_accept(
+        l: *mut c_void,
+        timeout_ms: u32,
+        out: *mut *mut c_void,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        let mut timed_out = false;
+        let code = guard(err, || {
+            // SAFETY: the host passes a live listener handle.
+            let l = unsafe { &**(l as *mut Box<dyn FrameListener>) };
+            match l.accept(Duration::from_millis(u64::from(timeout_ms)))? {
+                Some(link) => {
+                    // SAFETY: valid out-pointer from the host.
+                    unsafe { *out = Box::into_raw(Box::new(link)) as *mut c_void };
+                }
+                None => timed_out = true,
+            }
+            Ok(())
+        });
+        if code == OK && timed_out { ERR_TIMEOUT } else { code }
+    }
+
+    pub extern "C" fn t_close_listener(l: *mut c_void) {
+        guard_quiet(|| {
+            if !l.is_null() {
+                // SAFETY: the host frees a listener from `t_listen` once.
+                let l = unsafe { Box::from_raw(l as *mut Box<dyn FrameListener>) };
+                l.close();
+            }
+        });
+    }
+
+    /// # Safety
+    /// `link` must come from `t_connect`/`t_accept` and not be freed.
+    unsafe fn link<'a>(link: *mut c_void) -> &'a dyn FrameLink {
+        // SAFETY: guaranteed by the caller.
+        unsafe { &**(link as *mut Box<dyn FrameLink>) }
+    }
+
+    pub extern "C" fn t_send(l: *mut c_void, frame: Bytes, err: *mut OwnedBytes) -> i32 {
+        // SAFETY: the host passes a live link and a buffer valid for the call.
+        guard(err, || unsafe { link(l).send(frame.as_slice()) })
+    }
+
+    pub extern "C" fn t_recv(
+        l: *mut c_void,
+        timeout_ms: u32,
+        out: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        let mut code = OK;
+        let g = guard(err, || {
+            // SAFETY: the host passes a live link.
+            let link = unsafe { link(l) };
+            match link.recv(Duration::from_millis(u64::from(timeout_ms)))? {
+                Received::Frame(f) => put_out(out, f),
+                Received::Timeout => code = ERR_TIMEOUT,
+                Received::Closed => code = ERR_CLOSED,
+            }
+            Ok(())
+        });
+        if g == OK { code } else { g }
+    }
+
+    pub extern "C" fn t_shutdown(l: *mut c_void) {
+        // SAFETY: the host passes a live link.
+        guard_quiet(|| unsafe { link(l).shutdown() });
+    }
+
+    extern "C" fn none_open(_: Bytes, _: *mut *mut c_void, err: *mut OwnedBytes) -> i32 {
+        set_err(err, "this plugin provides no store");
+        ERR_INVALID
+    }
+    extern "C" fn none_get(
+        _: *mut c_void,
+        _: Bytes,
+        _: *mut u8,
+        _: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        set_err(err, "this plugin provides no store");
+        ERR_INVALID
+    }
+    extern "C" fn none_scan(
+        _: *mut c_void,
+        _: Bytes,
+        _: Bytes,
+        _: u32,
+        _: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        set_err(err, "this plugin provides no store");
+        ERR_INVALID
+    }
+    extern "C" fn none_batch(_: *mut c_void, _: Bytes, err: *mut OwnedBytes) -> i32 {
+        set_err(err, "this plugin provides no store");
+        ERR_INVALID
+    }
+    extern "C" fn none_close(_: *mut c_void) {}
+    extern "C" fn none_listen(
+        _: Bytes,
+        _: *mut *mut c_void,
+        _: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
+        set_err(err, "this plugin provides no transport");
+        ERR_INVALID
+    }
+    extern "C" fn none_accept(_: *mut c_void, _: u32, _: *mut *mut c_void, err: *mut OwnedBytes) -> i32 {
+        set_err(err, "this plugin provides no transport");
+        ERR_INVALID
+    }
+    extern "C" fn none_send(_: *mut c_void, _: Bytes, err: *mut OwnedBytes) -> i32 {
+        set_err(err, "this plugin provides no transport");
+        ERR_INVALID
+    }
+    extern "C" fn none_recv(_: *mut c_void, _: u32, _: *mut OwnedBytes, err: *mut OwnedBytes) -> i32 {
+        set_err(err, "this plugin provides no transport");
+        ERR_INVALID
+    }
+
+    /// The store table of a plugin that has no store.
+    pub const NO_STORE: StoreVTable = StoreVTable {
+        open: none_open,
+        get: none_get,
+        scan: none_scan,
+        write_batch: none_batch,
+        close: none_close,
+    };
+
+    /// The transport table of a plugin that has no transport.
+    pub const NO_TRANSPORT: TransportVTable = TransportVTable {
+        scheme: Bytes {
+            ptr: std::ptr::null(),
+            len: 0,
+        },
+        connect: none_open,
+        listen: none_listen,
+        accept: none_accept,
+        close_listener: none_close,
+        send: none_send,
+        recv: none_recv,
+        shutdown: none_close,
+        free_link: none_close,
+    };
+
+    pub extern "C" fn t_free_link(l: *mut c_void) {
+        guard_quiet(|| {
+            if !l.is_null() {
+                // SAFETY: the host frees a link once, after its last call.
+                drop(unsafe { Box::from_raw(l as *mut Box<dyn FrameLink>) });
+            }
+        });
+    }
+}
+
+/// Encodes a write batch for [`StoreVTable::write_batch`].
+pub fn encode_batch(ops: &[BatchOp]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            BatchOp::Put(k, v) => {
+                out.push(1);
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+            BatchOp::Delete(k) => {
+                out.push(2);
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k);
+            }
+        }
+    }
+    out
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], PluginError> {
+    if b.len() < n {
+        return Err(PluginError::invalid("a batch or scan buffer is truncated"));
+    }
+    let (head, rest) = b.split_at(n);
+    *b = rest;
+    Ok(head)
+}
+
+fn take_len(b: &mut &[u8]) -> Result<usize, PluginError> {
+    let raw = take(b, 4)?;
+    Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+}
+
+/// Decodes a write batch.
+pub fn decode_batch(mut b: &[u8]) -> Result<Vec<BatchOp>, PluginError> {
+    let mut ops = Vec::new();
+    while !b.is_empty() {
+        let op = take(&mut b, 1)?[0];
+        let klen = take_len(&mut b)?;
+        let k = take(&mut b, klen)?.to_vec();
+        match op {
+            1 => {
+                let vlen = take_len(&mut b)?;
+                ops.push(BatchOp::Put(k, take(&mut b, vlen)?.to_vec()));
+            }
+            2 => ops.push(BatchOp::Delete(k)),
+            other => {
+                return Err(PluginError::invalid(format!("unknown batch op {other}")));
+            }
+        }
+    }
+    Ok(ops)
+}
+
+/// Decodes a scan result.
+pub fn decode_rows(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError> {
+    let mut rows = Vec::new();
+    while !b.is_empty() {
+        let klen = take_len(&mut b)?;
+        let k = take(&mut b, klen)?.to_vec();
+        let vlen = take_len(&mut b)?;
+        rows.push((k, take(&mut b, vlen)?.to_vec()));
+    }
+    Ok(rows)
+}
+
+/// Exports a plugin: `export_plugin!(name = "kvfile", store = FileStore);`,
+/// `export_plugin!(name = "tcp", transport = TcpPlugin);`, or
+/// `export_plugin!(name = "both", store = S, transport = T);`.
+#[macro_export]
+macro_rules! export_plugin {
+    (name = $name:literal, store = $store:ty) => {
+        $crate::export_plugin!(@emit $name, $crate::KIND_STORE,
+            $crate::export_plugin!(@store $store), $crate::__private::NO_TRANSPORT);
+    };
+    (name = $name:literal, transport = $transport:ty) => {
+        $crate::export_plugin!(@emit $name, $crate::KIND_TRANSPORT,
+            $crate::__private::NO_STORE, $crate::export_plugin!(@transport $transport));
+    };
+    (name = $name:literal, store = $store:ty, transport = $transport:ty) => {
+        $crate::export_plugin!(@emit $name, $crate::KIND_STORE | $crate::KIND_TRANSPORT,
+            $crate::export_plugin!(@store $store), $crate::export_plugin!(@transport $transport));
+    };
+    (@emit $name:literal, $kinds:expr, $store:expr, $transport:expr) => {
+        const _: () = {
+            static STORE: $crate::StoreVTable = $store;
+            static TRANSPORT: $crate::TransportVTable = $transport;
+            static TABLE: $crate::PluginTable = $crate::PluginTable {
+                abi_version: $crate::ABI_VERSION,
+                kinds: $kinds,
+                name: $crate::Bytes { ptr: $name.as_ptr(), len: $name.len() },
+                free: $crate::__private::free,
+                store: &STORE,
+                transport: &TRANSPORT,
+            };
+
+            /// The plugin's entry point.
+            #[unsafe(no_mangle)]
+            pub extern "C" fn syncline_plugin_entry(
+                host: *const $crate::HostApi,
+            ) -> *const $crate::PluginTable {
+                $crate::__private::set_host(host);
+                &TABLE
+            }
+        };
+    };
+    (@store $t:ty) => {
+        $crate::StoreVTable {
+            open: $crate::__private::store_open::<$t>,
+            get: $crate::__private::store_get,
+            scan: $crate::__private::store_scan,
+            write_batch: $crate::__private::store_write_batch,
+            close: $crate::__private::store_close,
+        }
+    };
+    (@transport $t:ty) => {
+        $crate::TransportVTable {
+            scheme: $crate::Bytes {
+                ptr: <$t as $crate::TransportPlugin>::SCHEME.as_ptr(),
+                len: <$t as $crate::TransportPlugin>::SCHEME.len(),
+            },
+            connect: $crate::__private::t_connect::<$t>,
+            listen: $crate::__private::t_listen::<$t>,
+            accept: $crate::__private::t_accept,
+            close_listener: $crate::__private::t_close_listener,
+            send: $crate::__private::t_send,
+            recv: $crate::__private::t_recv,
+            shutdown: $crate::__private::t_shutdown,
+            free_link: $crate::__private::t_free_link,
+        }
+    };
+}
