@@ -225,11 +225,7 @@ pub mod keys {
 
     /// The strand key of a strand.
     pub fn strand_key_of(s: &StrandId) -> Vec<u8> {
-        strand_key(
-            s.document_id.as_str(),
-            s.scope.as_str(),
-            s.branch.as_str(),
-        )
+        strand_key(s.document_id.as_str(), s.scope.as_str(), s.branch.as_str())
     }
 
     /// Parses a strand key.
@@ -284,11 +280,17 @@ pub mod keys {
             let s = StrandId::parse("doc/a", Some("global"), Some("main")).unwrap();
             assert_eq!(parse_strand_key(&strand_key_of(&s)), Some(s));
             let a = SortKey {
-                timestamp: Hlc { millis: 5, counter: 9 },
+                timestamp: Hlc {
+                    millis: 5,
+                    counter: 9,
+                },
                 id: OpId::from_bytes([9; 16]),
             };
             let b = SortKey {
-                timestamp: Hlc { millis: 6, counter: 0 },
+                timestamp: Hlc {
+                    millis: 6,
+                    counter: 0,
+                },
                 id: OpId::from_bytes([1; 16]),
             };
             assert!(sort_key_bytes(&a) < sort_key_bytes(&b));

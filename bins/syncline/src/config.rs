@@ -429,7 +429,12 @@ impl Config {
         for (i, u) in self.listen.urls.iter().enumerate() {
             let scheme = url::Url::parse(u)
                 .map(|u| u.scheme().to_owned())
-                .map_err(|e| err(&format!("listen.urls[{i}]"), format!("{u:?} is not a URL: {e}")))?;
+                .map_err(|e| {
+                    err(
+                        &format!("listen.urls[{i}]"),
+                        format!("{u:?} is not a URL: {e}"),
+                    )
+                })?;
             if !plugin_kinds.contains(&scheme) && feature_for_scheme(&scheme).is_none() {
                 return Err(err(
                     &format!("listen.urls[{i}]"),

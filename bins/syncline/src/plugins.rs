@@ -58,7 +58,10 @@ impl Loaded {
             if p.store_kind() == Some(kind) {
                 let opts = options.clone().unwrap_or(serde_json::Value::Null);
                 return Ok(Some(p.open_store(&opts).await.map_err(|e| {
-                    anyhow::anyhow!("store: the {kind} plugin cannot open the store: {}", e.message())
+                    anyhow::anyhow!(
+                        "store: the {kind} plugin cannot open the store: {}",
+                        e.message()
+                    )
                 })?));
             }
         }

@@ -123,6 +123,9 @@ impl OwnedBytes {
     }
 }
 
+/// Key-value rows, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Services the host passes in explicitly.
 #[repr(C)]
 #[derive(Debug)]
@@ -130,7 +133,7 @@ pub struct HostApi {
     /// The host's ABI version.
     pub abi_version: u32,
     /// Logs a message: level 1 error, 2 warn, 3 info, 4 debug.
-    pub log: extern "C" fn(level: u32, message: Bytes),
+    pub log: unsafe extern "C" fn(level: u32, message: Bytes),
 }
 
 /// The store functions; `handle` is the plugin's opaque store.
@@ -138,9 +141,10 @@ pub struct HostApi {
 #[derive(Debug)]
 pub struct StoreVTable {
     /// Opens a store with JSON options.
-    pub open: extern "C" fn(options: Bytes, out: *mut *mut c_void, err: *mut OwnedBytes) -> i32,
+    pub open:
+        unsafe extern "C" fn(options: Bytes, out: *mut *mut c_void, err: *mut OwnedBytes) -> i32,
     /// Reads a key; `found` is set to 0 or 1.
-    pub get: extern "C" fn(
+    pub get: unsafe extern "C" fn(
         handle: *mut c_void,
         key: Bytes,
         found: *mut u8,
@@ -149,7 +153,7 @@ pub struct StoreVTable {
     ) -> i32,
     /// Keys in `[start, end)` (an empty `end` is unbounded), at most `limit`, encoded as
     /// repeated `u32 LE key length, key, u32 LE value length, value`.
-    pub scan: extern "C" fn(
+    pub scan: unsafe extern "C" fn(
         handle: *mut c_void,
         start: Bytes,
         end: Bytes,
@@ -159,9 +163,10 @@ pub struct StoreVTable {
     ) -> i32,
     /// Applies a batch atomically: repeated `u8 op (1 put, 2 delete), u32 LE key length, key`
     /// and, for puts, `u32 LE value length, value`.
-    pub write_batch: extern "C" fn(handle: *mut c_void, batch: Bytes, err: *mut OwnedBytes) -> i32,
+    pub write_batch:
+        unsafe extern "C" fn(handle: *mut c_void, batch: Bytes, err: *mut OwnedBytes) -> i32,
     /// Closes the store.
-    pub close: extern "C" fn(handle: *mut c_void),
+    pub close: unsafe extern "C" fn(handle: *mut c_void),
 }
 
 /// The transport functions; `link` and `listener` are the plugin's opaque handles. Calls may
@@ -173,36 +178,37 @@ pub struct TransportVTable {
     /// The URL scheme, as UTF-8 (static for the library's lifetime).
     pub scheme: Bytes,
     /// Dials a URL.
-    pub connect: extern "C" fn(url: Bytes, out: *mut *mut c_void, err: *mut OwnedBytes) -> i32,
+    pub connect:
+        unsafe extern "C" fn(url: Bytes, out: *mut *mut c_void, err: *mut OwnedBytes) -> i32,
     /// Listens on a URL; `local_url` receives the URL peers dial.
-    pub listen: extern "C" fn(
+    pub listen: unsafe extern "C" fn(
         url: Bytes,
         out: *mut *mut c_void,
         local_url: *mut OwnedBytes,
         err: *mut OwnedBytes,
     ) -> i32,
     /// Waits up to `timeout_ms` for a link; `ERR_TIMEOUT` if none came.
-    pub accept: extern "C" fn(
+    pub accept: unsafe extern "C" fn(
         listener: *mut c_void,
         timeout_ms: u32,
         out: *mut *mut c_void,
         err: *mut OwnedBytes,
     ) -> i32,
     /// Stops listening and frees the listener.
-    pub close_listener: extern "C" fn(listener: *mut c_void),
+    pub close_listener: unsafe extern "C" fn(listener: *mut c_void),
     /// Sends one frame.
-    pub send: extern "C" fn(link: *mut c_void, frame: Bytes, err: *mut OwnedBytes) -> i32,
+    pub send: unsafe extern "C" fn(link: *mut c_void, frame: Bytes, err: *mut OwnedBytes) -> i32,
     /// Waits up to `timeout_ms` for one frame; `ERR_TIMEOUT` or `ERR_CLOSED` otherwise.
-    pub recv: extern "C" fn(
+    pub recv: unsafe extern "C" fn(
         link: *mut c_void,
         timeout_ms: u32,
         out: *mut OwnedBytes,
         err: *mut OwnedBytes,
     ) -> i32,
     /// Closes the link (both directions; a blocked `recv` returns `ERR_CLOSED`).
-    pub shutdown: extern "C" fn(link: *mut c_void),
+    pub shutdown: unsafe extern "C" fn(link: *mut c_void),
     /// Frees the link; called once, after every other call on it returned.
-    pub free_link: extern "C" fn(link: *mut c_void),
+    pub free_link: unsafe extern "C" fn(link: *mut c_void),
 }
 
 /// What the entry point returns. `abi_version` must stay the first field in every version.
@@ -216,7 +222,7 @@ pub struct PluginTable {
     /// The plugin's name (the store kind in configuration), UTF-8.
     pub name: Bytes,
     /// Frees a buffer the plugin handed out.
-    pub free: extern "C" fn(buf: OwnedBytes),
+    pub free: unsafe extern "C" fn(buf: OwnedBytes),
     /// Store functions, if `kinds` has [`KIND_STORE`].
     pub store: *const StoreVTable,
     /// Transport functions, if `kinds` has [`KIND_TRANSPORT`].
@@ -300,12 +306,7 @@ pub trait KvStore: Send + Sync {
     /// Reads a key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PluginError>;
     /// Keys in `[start, end)` in order (`end: None` is unbounded), at most `limit`.
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError>;
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Rows, PluginError>;
     /// Applies every write or none, durably when it returns.
     fn write_batch(&self, ops: &[BatchOp]) -> Result<(), PluginError>;
 }
@@ -360,7 +361,7 @@ pub trait TransportPlugin {
 /// The host's services as the plugin sees them.
 #[derive(Clone, Copy)]
 pub struct Host {
-    log: Option<extern "C" fn(u32, Bytes)>,
+    log: Option<unsafe extern "C" fn(u32, Bytes)>,
 }
 
 impl fmt::Debug for Host {
@@ -378,14 +379,19 @@ impl Host {
     /// Logs through the host: level 1 error, 2 warn, 3 info, 4 debug.
     pub fn log(&self, level: u32, message: &str) {
         if let Some(log) = self.log {
-            log(level, Bytes::from_slice(message.as_bytes()));
+            // SAFETY: the host's log function reads `message` during the call only.
+            unsafe { log(level, Bytes::from_slice(message.as_bytes())) };
         }
     }
 }
 
 // ---- the generated side ----------------------------------------------------------------------
 
+/// The `extern "C"` functions `export_plugin!` puts in the table. They are `unsafe` because the
+/// host must pass the handles this library returned (not yet freed) and valid out-pointers; each
+/// catches panics and reports them as [`ERR_PANIC`].
 #[doc(hidden)]
+#[allow(clippy::missing_safety_doc)] // The contract above, shared by every function here.
 pub mod __private {
     use super::*;
     use std::sync::OnceLock;
@@ -399,13 +405,29 @@ pub mod __private {
         HOST.get().copied().unwrap_or(Host::detached())
     }
 
-    pub fn set_host(api: *const HostApi) {
+    pub unsafe fn set_host(api: *const HostApi) {
         if api.is_null() {
             return;
         }
         // SAFETY: the host passes a pointer to a `HostApi` that lives as long as the plugin.
         let api = unsafe { &*api };
         let _ = HOST.set(Host { log: Some(api.log) });
+        // A plugin library carries its own copy of the standard library, so this hook only sees
+        // the plugin's panics: they go to the host's log instead of the node's standard error,
+        // and `guard` turns them into error codes.
+        std::panic::set_hook(Box::new(|info| {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            host().log(1, &format!("plugin panicked{at}: {what}"));
+        }));
     }
 
     fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -445,7 +467,7 @@ pub mod __private {
         let _ = catch_unwind(AssertUnwindSafe(f));
     }
 
-    pub extern "C" fn free(buf: OwnedBytes) {
+    pub unsafe extern "C" fn free(buf: OwnedBytes) {
         guard_quiet(|| {
             // SAFETY: the host returns buffers this library handed out, once each.
             drop(unsafe { buf.into_vec() });
@@ -461,7 +483,7 @@ pub mod __private {
 
     // -- store ----------------------------------------------------------------------------
 
-    pub extern "C" fn store_open<P: StorePlugin>(
+    pub unsafe extern "C" fn store_open<P: StorePlugin>(
         options: Bytes,
         out: *mut *mut c_void,
         err: *mut OwnedBytes,
@@ -490,7 +512,7 @@ pub mod __private {
         unsafe { &**(h as *mut Box<dyn KvStore>) }
     }
 
-    pub extern "C" fn store_get(
+    pub unsafe extern "C" fn store_get(
         h: *mut c_void,
         key: Bytes,
         found: *mut u8,
@@ -513,7 +535,7 @@ pub mod __private {
         })
     }
 
-    pub extern "C" fn store_scan(
+    pub unsafe extern "C" fn store_scan(
         h: *mut c_void,
         start: Bytes,
         end: Bytes,
@@ -538,7 +560,11 @@ pub mod __private {
         })
     }
 
-    pub extern "C" fn store_write_batch(h: *mut c_void, batch: Bytes, err: *mut OwnedBytes) -> i32 {
+    pub unsafe extern "C" fn store_write_batch(
+        h: *mut c_void,
+        batch: Bytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
         guard(err, || {
             // SAFETY: the host passes a live handle and a buffer valid for the call.
             let (s, bytes) = unsafe { (store(h), batch.as_slice()) };
@@ -547,7 +573,7 @@ pub mod __private {
         })
     }
 
-    pub extern "C" fn store_close(h: *mut c_void) {
+    pub unsafe extern "C" fn store_close(h: *mut c_void) {
         guard_quiet(|| {
             if !h.is_null() {
                 // SAFETY: the host closes a handle from `store_open` once.
@@ -564,7 +590,7 @@ pub mod __private {
             .map_err(|_| PluginError::invalid("the URL is not UTF-8"))
     }
 
-    pub extern "C" fn t_connect<P: TransportPlugin>(
+    pub unsafe extern "C" fn t_connect<P: TransportPlugin>(
         url: Bytes,
         out: *mut *mut c_void,
         err: *mut OwnedBytes,
@@ -577,7 +603,7 @@ pub mod __private {
         })
     }
 
-    pub extern "C" fn t_listen<P: TransportPlugin>(
+    pub unsafe extern "C" fn t_listen<P: TransportPlugin>(
         url: Bytes,
         out: *mut *mut c_void,
         local: *mut OwnedBytes,
@@ -592,7 +618,7 @@ pub mod __private {
         })
     }
 
-    pub extern "C" fn t_accept(
+    pub unsafe extern "C" fn t_accept(
         l: *mut c_void,
         timeout_ms: u32,
         out: *mut *mut c_void,
@@ -611,10 +637,14 @@ pub mod __private {
             }
             Ok(())
         });
-        if code == OK && timed_out { ERR_TIMEOUT } else { code }
+        if code == OK && timed_out {
+            ERR_TIMEOUT
+        } else {
+            code
+        }
     }
 
-    pub extern "C" fn t_close_listener(l: *mut c_void) {
+    pub unsafe extern "C" fn t_close_listener(l: *mut c_void) {
         guard_quiet(|| {
             if !l.is_null() {
                 // SAFETY: the host frees a listener from `t_listen` once.
@@ -631,12 +661,12 @@ pub mod __private {
         unsafe { &**(link as *mut Box<dyn FrameLink>) }
     }
 
-    pub extern "C" fn t_send(l: *mut c_void, frame: Bytes, err: *mut OwnedBytes) -> i32 {
+    pub unsafe extern "C" fn t_send(l: *mut c_void, frame: Bytes, err: *mut OwnedBytes) -> i32 {
         // SAFETY: the host passes a live link and a buffer valid for the call.
         guard(err, || unsafe { link(l).send(frame.as_slice()) })
     }
 
-    pub extern "C" fn t_recv(
+    pub unsafe extern "C" fn t_recv(
         l: *mut c_void,
         timeout_ms: u32,
         out: *mut OwnedBytes,
@@ -656,16 +686,16 @@ pub mod __private {
         if g == OK { code } else { g }
     }
 
-    pub extern "C" fn t_shutdown(l: *mut c_void) {
+    pub unsafe extern "C" fn t_shutdown(l: *mut c_void) {
         // SAFETY: the host passes a live link.
         guard_quiet(|| unsafe { link(l).shutdown() });
     }
 
-    extern "C" fn none_open(_: Bytes, _: *mut *mut c_void, err: *mut OwnedBytes) -> i32 {
+    unsafe extern "C" fn none_open(_: Bytes, _: *mut *mut c_void, err: *mut OwnedBytes) -> i32 {
         set_err(err, "this plugin provides no store");
         ERR_INVALID
     }
-    extern "C" fn none_get(
+    unsafe extern "C" fn none_get(
         _: *mut c_void,
         _: Bytes,
         _: *mut u8,
@@ -675,7 +705,7 @@ pub mod __private {
         set_err(err, "this plugin provides no store");
         ERR_INVALID
     }
-    extern "C" fn none_scan(
+    unsafe extern "C" fn none_scan(
         _: *mut c_void,
         _: Bytes,
         _: Bytes,
@@ -686,12 +716,12 @@ pub mod __private {
         set_err(err, "this plugin provides no store");
         ERR_INVALID
     }
-    extern "C" fn none_batch(_: *mut c_void, _: Bytes, err: *mut OwnedBytes) -> i32 {
+    unsafe extern "C" fn none_batch(_: *mut c_void, _: Bytes, err: *mut OwnedBytes) -> i32 {
         set_err(err, "this plugin provides no store");
         ERR_INVALID
     }
-    extern "C" fn none_close(_: *mut c_void) {}
-    extern "C" fn none_listen(
+    unsafe extern "C" fn none_close(_: *mut c_void) {}
+    unsafe extern "C" fn none_listen(
         _: Bytes,
         _: *mut *mut c_void,
         _: *mut OwnedBytes,
@@ -700,15 +730,25 @@ pub mod __private {
         set_err(err, "this plugin provides no transport");
         ERR_INVALID
     }
-    extern "C" fn none_accept(_: *mut c_void, _: u32, _: *mut *mut c_void, err: *mut OwnedBytes) -> i32 {
+    unsafe extern "C" fn none_accept(
+        _: *mut c_void,
+        _: u32,
+        _: *mut *mut c_void,
+        err: *mut OwnedBytes,
+    ) -> i32 {
         set_err(err, "this plugin provides no transport");
         ERR_INVALID
     }
-    extern "C" fn none_send(_: *mut c_void, _: Bytes, err: *mut OwnedBytes) -> i32 {
+    unsafe extern "C" fn none_send(_: *mut c_void, _: Bytes, err: *mut OwnedBytes) -> i32 {
         set_err(err, "this plugin provides no transport");
         ERR_INVALID
     }
-    extern "C" fn none_recv(_: *mut c_void, _: u32, _: *mut OwnedBytes, err: *mut OwnedBytes) -> i32 {
+    unsafe extern "C" fn none_recv(
+        _: *mut c_void,
+        _: u32,
+        _: *mut OwnedBytes,
+        err: *mut OwnedBytes,
+    ) -> i32 {
         set_err(err, "this plugin provides no transport");
         ERR_INVALID
     }
@@ -738,7 +778,7 @@ pub mod __private {
         free_link: none_close,
     };
 
-    pub extern "C" fn t_free_link(l: *mut c_void) {
+    pub unsafe extern "C" fn t_free_link(l: *mut c_void) {
         guard_quiet(|| {
             if !l.is_null() {
                 // SAFETY: the host frees a link once, after its last call.
@@ -806,7 +846,7 @@ pub fn decode_batch(mut b: &[u8]) -> Result<Vec<BatchOp>, PluginError> {
 }
 
 /// Decodes a scan result.
-pub fn decode_rows(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError> {
+pub fn decode_rows(mut b: &[u8]) -> Result<Rows, PluginError> {
     let mut rows = Vec::new();
     while !b.is_empty() {
         let klen = take_len(&mut b)?;
@@ -848,11 +888,16 @@ macro_rules! export_plugin {
             };
 
             /// The plugin's entry point.
+            ///
+            /// # Safety
+            ///
+            /// `host` is null or points to a `HostApi` that lives as long as the library.
             #[unsafe(no_mangle)]
-            pub extern "C" fn syncline_plugin_entry(
+            pub unsafe extern "C" fn syncline_plugin_entry(
                 host: *const $crate::HostApi,
             ) -> *const $crate::PluginTable {
-                $crate::__private::set_host(host);
+                // SAFETY: the host passes its `HostApi` (or null), alive as long as the plugin.
+                unsafe { $crate::__private::set_host(host) };
                 &TABLE
             }
         };

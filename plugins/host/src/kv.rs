@@ -30,8 +30,8 @@ use syncline_core::store::{
     ReadPage, SyncStorage,
 };
 use syncline_core::{
-    DocumentType, Error, ErrorKind, OpId, Operation, Ordinal, ReactorId, Result, SortKey,
-    StoredOp, StrandHead, StrandId,
+    DocumentType, Error, ErrorKind, OpId, Operation, Ordinal, ReactorId, Result, SortKey, StoredOp,
+    StrandHead, StrandId,
 };
 use syncline_plugin_api::{BatchOp, KvStore, PluginError};
 
@@ -175,8 +175,12 @@ impl KvAdapter {
     }
 
     fn decode(&self, ordinal: u64, bytes: &[u8]) -> Result<StoredOp> {
-        let r: Record = postcard::from_bytes(bytes)
-            .map_err(|e| corrupt(&self.name, format!("operation {ordinal} does not decode: {e}")))?;
+        let r: Record = postcard::from_bytes(bytes).map_err(|e| {
+            corrupt(
+                &self.name,
+                format!("operation {ordinal} does not decode: {e}"),
+            )
+        })?;
         Ok(StoredOp {
             ordinal: Ordinal(ordinal),
             op: Arc::new(r.op),
@@ -259,7 +263,10 @@ impl KvAdapter {
                 .map_err(|e| Error::internal(format!("encoding a strand failed: {e}")))?;
             ops.push(BatchOp::Put(key(b"t/", sk), v));
         }
-        ops.push(BatchOp::Put(b"n/head".to_vec(), head.to_be_bytes().to_vec()));
+        ops.push(BatchOp::Put(
+            b"n/head".to_vec(),
+            head.to_be_bytes().to_vec(),
+        ));
         for w in &batch.meta {
             let k = meta_key(w.space, &w.key);
             ops.push(match &w.value {
@@ -284,7 +291,12 @@ impl OperationStore for KvAdapter {
         self.blocking(move || me.apply_now(batch)).await
     }
 
-    async fn read_since(&self, after: Ordinal, limit: usize, filter: &ReadFilter) -> Result<ReadPage> {
+    async fn read_since(
+        &self,
+        after: Ordinal,
+        limit: usize,
+        filter: &ReadFilter,
+    ) -> Result<ReadPage> {
         let me = self.clone();
         let filter = filter.clone();
         self.blocking(move || {

@@ -32,6 +32,7 @@ use syncline_plugin_api::{
 
 pub use kv::KvAdapter;
 pub use link::{BlockingTransport, LinkTransport, Native};
+pub use syncline_plugin_api::ABI_VERSION as PLUGIN_ABI_VERSION;
 
 extern "C" fn host_log(level: u32, message: Bytes) {
     // SAFETY: the plugin passes a buffer valid for the call.
@@ -114,14 +115,23 @@ impl Plugin {
         // SAFETY: the version matches, so the table has this layout and lives as long as the
         // library (forever).
         let table: &'static PluginTable = unsafe { &*table };
-        if table.kinds & (KIND_STORE | KIND_TRANSPORT) == 0 || table.kinds & !(KIND_STORE | KIND_TRANSPORT) != 0 {
-            return Err(bad(path, format!("declares unknown kinds {:#x}", table.kinds)));
+        if table.kinds & (KIND_STORE | KIND_TRANSPORT) == 0
+            || table.kinds & !(KIND_STORE | KIND_TRANSPORT) != 0
+        {
+            return Err(bad(
+                path,
+                format!("declares unknown kinds {:#x}", table.kinds),
+            ));
         }
         // SAFETY: the name is static data of the library.
         let name = String::from_utf8(unsafe { table.name.as_slice() }.to_vec())
             .map_err(|_| bad(path, "its name is not UTF-8"))?;
-        syncline_core::types::DocumentType::new(&name)
-            .map_err(|e| bad(path, format!("its name {name:?} is not usable: {}", e.message())))?;
+        syncline_core::types::DocumentType::new(&name).map_err(|e| {
+            bad(
+                path,
+                format!("its name {name:?} is not usable: {}", e.message()),
+            )
+        })?;
         if table.kinds & KIND_STORE != 0 && table.store.is_null() {
             return Err(bad(path, "declares a store but has no store table"));
         }
@@ -185,9 +195,16 @@ fn take_error(table: &PluginTable, code: i32, err: OwnedBytes) -> PluginError {
         format!("the plugin failed with code {code}")
     } else {
         // SAFETY: the plugin handed out `len` bytes at `ptr`; we give the buffer back below.
-        let text = String::from_utf8_lossy(unsafe { Bytes { ptr: err.ptr, len: err.len }.as_slice() })
-            .into_owned();
-        (table.free)(err);
+        let text = String::from_utf8_lossy(unsafe {
+            Bytes {
+                ptr: err.ptr,
+                len: err.len,
+            }
+            .as_slice()
+        })
+        .into_owned();
+        // SAFETY: the buffer came from this plugin and is given back once.
+        unsafe { (table.free)(err) };
         text
     };
     PluginError { code, message }
@@ -199,8 +216,16 @@ fn take_bytes(table: &PluginTable, buf: OwnedBytes) -> Vec<u8> {
         return Vec::new();
     }
     // SAFETY: the plugin handed out `len` bytes at `ptr`; copied, then given back.
-    let v = unsafe { Bytes { ptr: buf.ptr, len: buf.len }.as_slice() }.to_vec();
-    (table.free)(buf);
+    let v = unsafe {
+        Bytes {
+            ptr: buf.ptr,
+            len: buf.len,
+        }
+        .as_slice()
+    }
+    .to_vec();
+    // SAFETY: the buffer came from this plugin and is given back once.
+    unsafe { (table.free)(buf) };
     v
 }
 
@@ -224,7 +249,8 @@ impl FfiKv {
         let vt: &'static StoreVTable = unsafe { &*p.table.store };
         let mut handle = std::ptr::null_mut();
         let mut err = OwnedBytes::EMPTY;
-        let code = (vt.open)(Bytes::from_slice(options), &mut handle, &mut err);
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        let code = unsafe { (vt.open)(Bytes::from_slice(options), &mut handle, &mut err) };
         if code != OK {
             let e = take_error(p.table, code, err);
             return Err(Error::new(
@@ -233,7 +259,12 @@ impl FfiKv {
                 } else {
                     ErrorKind::Storage
                 },
-                format!("plugin {} ({}): cannot open the store: {}", p.name, p.path.display(), e.message),
+                format!(
+                    "plugin {} ({}): cannot open the store: {}",
+                    p.name,
+                    p.path.display(),
+                    e.message
+                ),
             ));
         }
         Ok(FfiKv {
@@ -246,7 +277,8 @@ impl FfiKv {
 
 impl Drop for FfiKv {
     fn drop(&mut self) {
-        (self.vt.close)(self.handle);
+        // SAFETY: the handle came from this plugin and is not used after this call.
+        unsafe { (self.vt.close)(self.handle) };
     }
 }
 
@@ -255,7 +287,16 @@ impl KvStore for FfiKv {
         let mut found = 0u8;
         let mut out = OwnedBytes::EMPTY;
         let mut err = OwnedBytes::EMPTY;
-        let code = (self.vt.get)(self.handle, Bytes::from_slice(key), &mut found, &mut out, &mut err);
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        let code = unsafe {
+            (self.vt.get)(
+                self.handle,
+                Bytes::from_slice(key),
+                &mut found,
+                &mut out,
+                &mut err,
+            )
+        };
         if code != OK {
             return Err(take_error(self.table, code, err));
         }
@@ -271,14 +312,17 @@ impl KvStore for FfiKv {
     ) -> std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError> {
         let mut out = OwnedBytes::EMPTY;
         let mut err = OwnedBytes::EMPTY;
-        let code = (self.vt.scan)(
-            self.handle,
-            Bytes::from_slice(start),
-            Bytes::from_slice(end.unwrap_or(&[])),
-            limit.min(u32::MAX as usize) as u32,
-            &mut out,
-            &mut err,
-        );
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        let code = unsafe {
+            (self.vt.scan)(
+                self.handle,
+                Bytes::from_slice(start),
+                Bytes::from_slice(end.unwrap_or(&[])),
+                limit.min(u32::MAX as usize) as u32,
+                &mut out,
+                &mut err,
+            )
+        };
         if code != OK {
             return Err(take_error(self.table, code, err));
         }
@@ -288,7 +332,9 @@ impl KvStore for FfiKv {
     fn write_batch(&self, ops: &[BatchOp]) -> std::result::Result<(), PluginError> {
         let batch = syncline_plugin_api::encode_batch(ops);
         let mut err = OwnedBytes::EMPTY;
-        let code = (self.vt.write_batch)(self.handle, Bytes::from_slice(&batch), &mut err);
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        let code =
+            unsafe { (self.vt.write_batch)(self.handle, Bytes::from_slice(&batch), &mut err) };
         if code != OK {
             return Err(take_error(self.table, code, err));
         }
@@ -324,14 +370,16 @@ unsafe impl Sync for FfiLink {}
 
 impl Drop for FfiLink {
     fn drop(&mut self) {
-        (self.vt.free_link)(self.handle);
+        // SAFETY: the handle came from this plugin and is not used after this call.
+        unsafe { (self.vt.free_link)(self.handle) };
     }
 }
 
 impl FrameLink for FfiLink {
     fn send(&self, frame: &[u8]) -> std::result::Result<(), PluginError> {
         let mut err = OwnedBytes::EMPTY;
-        let code = (self.vt.send)(self.handle, Bytes::from_slice(frame), &mut err);
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        let code = unsafe { (self.vt.send)(self.handle, Bytes::from_slice(frame), &mut err) };
         if code != OK {
             return Err(take_error(self.table, code, err));
         }
@@ -342,7 +390,8 @@ impl FrameLink for FfiLink {
         let mut out = OwnedBytes::EMPTY;
         let mut err = OwnedBytes::EMPTY;
         let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
-        match (self.vt.recv)(self.handle, ms, &mut out, &mut err) {
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        match unsafe { (self.vt.recv)(self.handle, ms, &mut out, &mut err) } {
             OK => Ok(Received::Frame(take_bytes(self.table, out))),
             syncline_plugin_api::ERR_TIMEOUT => Ok(Received::Timeout),
             syncline_plugin_api::ERR_CLOSED => Ok(Received::Closed),
@@ -351,7 +400,8 @@ impl FrameLink for FfiLink {
     }
 
     fn shutdown(&self) {
-        (self.vt.shutdown)(self.handle);
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        unsafe { (self.vt.shutdown)(self.handle) };
     }
 }
 
@@ -369,11 +419,15 @@ unsafe impl Send for FfiListener {}
 unsafe impl Sync for FfiListener {}
 
 impl FrameListener for FfiListener {
-    fn accept(&self, timeout: Duration) -> std::result::Result<Option<Box<dyn FrameLink>>, PluginError> {
+    fn accept(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<Option<Box<dyn FrameLink>>, PluginError> {
         let mut link = std::ptr::null_mut();
         let mut err = OwnedBytes::EMPTY;
         let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
-        match (self.vt.accept)(self.handle, ms, &mut link, &mut err) {
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        match unsafe { (self.vt.accept)(self.handle, ms, &mut link, &mut err) } {
             OK => Ok(Some(Box::new(FfiLink {
                 table: self.table,
                 vt: self.vt,
@@ -393,7 +447,8 @@ impl FrameListener for FfiListener {
 
 impl Drop for FfiListener {
     fn drop(&mut self) {
-        (self.vt.close_listener)(self.handle);
+        // SAFETY: the handle came from this plugin and is not used after this call.
+        unsafe { (self.vt.close_listener)(self.handle) };
     }
 }
 
@@ -406,7 +461,8 @@ impl BlockingTransport for FfiTransport {
         let vt = self.vt();
         let mut link = std::ptr::null_mut();
         let mut err = OwnedBytes::EMPTY;
-        let code = (vt.connect)(Bytes::from_slice(url.as_bytes()), &mut link, &mut err);
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        let code = unsafe { (vt.connect)(Bytes::from_slice(url.as_bytes()), &mut link, &mut err) };
         if code != OK {
             return Err(take_error(self.table, code, err));
         }
@@ -422,7 +478,15 @@ impl BlockingTransport for FfiTransport {
         let mut l = std::ptr::null_mut();
         let mut local = OwnedBytes::EMPTY;
         let mut err = OwnedBytes::EMPTY;
-        let code = (vt.listen)(Bytes::from_slice(url.as_bytes()), &mut l, &mut local, &mut err);
+        // SAFETY: the handle came from this plugin and is live; buffers and out-pointers are valid for the call.
+        let code = unsafe {
+            (vt.listen)(
+                Bytes::from_slice(url.as_bytes()),
+                &mut l,
+                &mut local,
+                &mut err,
+            )
+        };
         if code != OK {
             return Err(take_error(self.table, code, err));
         }

@@ -66,7 +66,10 @@ fn to_error(scheme: &str, what: &str, e: PluginError) -> Error {
         ERR_PANIC => ErrorKind::Internal,
         _ => ErrorKind::Unavailable,
     };
-    Error::new(kind, format!("{scheme} plugin transport: {what}: {}", e.message))
+    Error::new(
+        kind,
+        format!("{scheme} plugin transport: {what}: {}", e.message),
+    )
 }
 
 /// The core transport over a blocking one.
@@ -114,7 +117,10 @@ impl fmt::Debug for Sender {
 impl FrameSender for Sender {
     async fn send(&self, frame: Bytes) -> Result<()> {
         if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(Error::closed(format!("the link to {} is closed", self.peer)));
+            return Err(Error::closed(format!(
+                "the link to {} is closed",
+                self.peer
+            )));
         }
         let shared = self.shared.clone();
         let scheme = self.scheme;
@@ -230,7 +236,10 @@ impl<B: BlockingTransport> Transport for LinkTransport<B> {
                 while !stopped.load(Ordering::SeqCst) && !tx.is_closed() {
                     match listener.accept(POLL) {
                         Ok(Some(link)) => {
-                            if tx.blocking_send(Ok(wrap(link, scheme, peer.clone()))).is_err() {
+                            if tx
+                                .blocking_send(Ok(wrap(link, scheme, peer.clone())))
+                                .is_err()
+                            {
                                 break;
                             }
                         }
@@ -244,7 +253,11 @@ impl<B: BlockingTransport> Transport for LinkTransport<B> {
                 listener.close();
             })
             .map_err(|e| Error::internal(format!("spawning the accept thread: {e}")))?;
-        Ok(Box::new(PluginAcceptor { rx, url: local, stop }))
+        Ok(Box::new(PluginAcceptor {
+            rx,
+            url: local,
+            stop,
+        }))
     }
 }
 

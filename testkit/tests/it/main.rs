@@ -2,8 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod scheduling;
 mod plugins;
+mod scheduling;
 mod sim;
 mod stores;
 mod sync;

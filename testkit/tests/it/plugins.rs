@@ -50,7 +50,11 @@ async fn the_kvfile_plugin_passes_the_store_suite() {
     };
     store_suite::run(&h).await.unwrap();
     // Options are checked by the plugin, and its error comes back through the boundary.
-    let err = h.plugin.open_store(&serde_json::json!({})).await.unwrap_err();
+    let err = h
+        .plugin
+        .open_store(&serde_json::json!({}))
+        .await
+        .unwrap_err();
     assert!(err.message().contains("needs options"), "{err}");
 }
 
@@ -128,10 +132,14 @@ fn loading_refuses_what_is_not_a_plugin() {
     let err = Plugin::load(std::path::Path::new("/nonexistent/libnothing.so")).unwrap_err();
     assert!(err.message().contains("does not exist"), "{err}");
     // A real shared library without the entry point.
-    let libm = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("libm");
+    let libm = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libm");
     let err = Plugin::load(std::path::Path::new(libm)).unwrap_err();
     assert!(err.message().contains("not a syncline plugin"), "{err}");
     assert!(err.message().contains("libm"), "{err}");
@@ -140,5 +148,9 @@ fn loading_refuses_what_is_not_a_plugin() {
     let junk = dir.path().join("libjunk.so");
     std::fs::write(&junk, b"not an ELF file").unwrap();
     let err = Plugin::load(&junk).unwrap_err();
-    assert!(err.message().contains("cannot be loaded as a shared library"), "{err}");
+    assert!(
+        err.message()
+            .contains("cannot be loaded as a shared library"),
+        "{err}"
+    );
 }

@@ -5,5 +5,6 @@
 mod api;
 mod config;
 mod demo;
+mod plugins;
 mod procs;
 mod support;

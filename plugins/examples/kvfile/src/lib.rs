@@ -56,7 +56,8 @@ impl FileKv {
             .open(&path)
             .map_err(|e| io(&path, "opening", e))?;
         let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(|e| io(&path, "reading", e))?;
+        file.read_to_end(&mut data)
+            .map_err(|e| io(&path, "reading", e))?;
         let mut map = BTreeMap::new();
         let mut at = 0usize;
         let mut records = 0;
@@ -83,12 +84,18 @@ impl FileKv {
                     data.len() - at
                 ),
             );
-            file.set_len(at as u64).map_err(|e| io(&path, "truncating", e))?;
-            file.seek(SeekFrom::End(0)).map_err(|e| io(&path, "seeking", e))?;
+            file.set_len(at as u64)
+                .map_err(|e| io(&path, "truncating", e))?;
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| io(&path, "seeking", e))?;
         }
         host.log(
             3,
-            &format!("kvfile store {} opened: {records} batches, {} keys", path.display(), map.len()),
+            &format!(
+                "kvfile store {} opened: {records} batches, {} keys",
+                path.display(),
+                map.len()
+            ),
         );
         Ok(FileKv {
             path,
@@ -100,7 +107,10 @@ impl FileKv {
 
 impl KvStore for FileKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PluginError> {
-        let map = self.map.read().map_err(|_| PluginError::failed("a poisoned lock"))?;
+        let map = self
+            .map
+            .read()
+            .map_err(|_| PluginError::failed("a poisoned lock"))?;
         Ok(map.get(key).cloned())
     }
 
@@ -110,7 +120,10 @@ impl KvStore for FileKv {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError> {
-        let map = self.map.read().map_err(|_| PluginError::failed("a poisoned lock"))?;
+        let map = self
+            .map
+            .read()
+            .map_err(|_| PluginError::failed("a poisoned lock"))?;
         let upper = match end {
             Some(e) => Bound::Excluded(e.to_vec()),
             None => Bound::Unbounded,
@@ -128,11 +141,17 @@ impl KvStore for FileKv {
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
-        let mut file = self.file.lock().map_err(|_| PluginError::failed("a poisoned lock"))?;
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| PluginError::failed("a poisoned lock"))?;
         file.write_all(&record)
             .map_err(|e| io(&self.path, "appending", e))?;
         file.sync_data().map_err(|e| io(&self.path, "syncing", e))?;
-        let mut map = self.map.write().map_err(|_| PluginError::failed("a poisoned lock"))?;
+        let mut map = self
+            .map
+            .write()
+            .map_err(|_| PluginError::failed("a poisoned lock"))?;
         apply(&mut map, ops.to_vec());
         Ok(())
     }
@@ -147,7 +166,9 @@ impl StorePlugin for Plugin {
         let path = options
             .get("path")
             .and_then(|p| p.as_str())
-            .ok_or_else(|| PluginError::invalid("the kvfile store needs options = { path = \"...\" }"))?;
+            .ok_or_else(|| {
+                PluginError::invalid("the kvfile store needs options = { path = \"...\" }")
+            })?;
         Ok(Box::new(FileKv::open_path(PathBuf::from(path), host)?))
     }
 }

@@ -64,7 +64,10 @@ impl FrameLink for TcpLink {
                 frame.len()
             )));
         }
-        let mut w = self.write.lock().map_err(|_| PluginError::failed("a poisoned lock"))?;
+        let mut w = self
+            .write
+            .lock()
+            .map_err(|_| PluginError::failed("a poisoned lock"))?;
         let mut msg = Vec::with_capacity(4 + frame.len());
         msg.extend_from_slice(&(frame.len() as u32).to_be_bytes());
         msg.extend_from_slice(frame);
@@ -73,7 +76,10 @@ impl FrameLink for TcpLink {
     }
 
     fn recv(&self, timeout: Duration) -> Result<Received, PluginError> {
-        let mut r = self.read.lock().map_err(|_| PluginError::failed("a poisoned lock"))?;
+        let mut r = self
+            .read
+            .lock()
+            .map_err(|_| PluginError::failed("a poisoned lock"))?;
         let deadline = Instant::now() + timeout;
         loop {
             if r.buf.len() >= 4 {

@@ -1,4 +1,4 @@
-//! A plugin for the host's failure tests. `SYNCLINE_TEST_PLUGIN_MODE` picks its behaviour when
+//! A plugin for the host's failure tests. `TESTING_PLUGIN_MODE` picks its behaviour when
 //! the host loads it:
 //!
 //! - `future`: claims plugin ABI version 999 (the host must refuse it before reading anything
@@ -13,17 +13,27 @@ use std::ops::Bound;
 use std::sync::RwLock;
 
 use syncline_plugin_api::{
-    BatchOp, Bytes, HostApi, KIND_STORE, KvStore, PluginError, PluginTable, StorePlugin,
-    StoreVTable, __private as p,
+    __private as p, BatchOp, Bytes, HostApi, KIND_STORE, KvStore, PluginError, PluginTable,
+    StorePlugin, StoreVTable,
 };
 
 struct Memory(RwLock<BTreeMap<Vec<u8>, Vec<u8>>>);
 
 impl KvStore for Memory {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PluginError> {
-        Ok(self.0.read().map_err(|_| PluginError::failed("poisoned"))?.get(key).cloned())
+        Ok(self
+            .0
+            .read()
+            .map_err(|_| PluginError::failed("poisoned"))?
+            .get(key)
+            .cloned())
     }
-    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError> {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PluginError> {
         let m = self.0.read().map_err(|_| PluginError::failed("poisoned"))?;
         let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec()));
         Ok(m.range((Bound::Included(start.to_vec()), upper))
@@ -32,7 +42,10 @@ impl KvStore for Memory {
             .collect())
     }
     fn write_batch(&self, ops: &[BatchOp]) -> Result<(), PluginError> {
-        let mut m = self.0.write().map_err(|_| PluginError::failed("poisoned"))?;
+        let mut m = self
+            .0
+            .write()
+            .map_err(|_| PluginError::failed("poisoned"))?;
         for op in ops {
             match op {
                 BatchOp::Put(k, v) => {
@@ -50,8 +63,11 @@ impl KvStore for Memory {
 struct Plugin;
 
 impl StorePlugin for Plugin {
-    fn open(_: &serde_json::Value, host: &syncline_plugin_api::Host) -> Result<Box<dyn KvStore>, PluginError> {
-        if std::env::var("SYNCLINE_TEST_PLUGIN_MODE").as_deref() == Ok("panic") {
+    fn open(
+        _: &serde_json::Value,
+        host: &syncline_plugin_api::Host,
+    ) -> Result<Box<dyn KvStore>, PluginError> {
+        if std::env::var("TESTING_PLUGIN_MODE").as_deref() == Ok("panic") {
             panic!("the testing plugin was asked to panic");
         }
         host.log(3, "testing plugin: store opened");
@@ -92,10 +108,15 @@ static FUTURE: PluginTable = PluginTable {
 };
 
 /// The entry point.
+///
+/// # Safety
+///
+/// `host` is null or points to a `HostApi` that lives as long as the library.
 #[unsafe(no_mangle)]
-pub extern "C" fn syncline_plugin_entry(host: *const HostApi) -> *const PluginTable {
-    p::set_host(host);
-    if std::env::var("SYNCLINE_TEST_PLUGIN_MODE").as_deref() == Ok("future") {
+pub unsafe extern "C" fn syncline_plugin_entry(host: *const HostApi) -> *const PluginTable {
+    // SAFETY: the host passes its `HostApi` (or null), alive as long as the plugin.
+    unsafe { p::set_host(host) };
+    if std::env::var("TESTING_PLUGIN_MODE").as_deref() == Ok("future") {
         &FUTURE
     } else {
         &TABLE
