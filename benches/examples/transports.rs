@@ -1,6 +1,10 @@
 //! Runs the transport workloads for every transport and prints a table: 100k operations one
 //! way, 100k both ways, and push-to-applied latency at a steady 1,000 ops/s (memory store).
 //!
+//! `tcp-plugin` is the example `tcp` plugin loaded through the C boundary and `tcp-native` the
+//! same plugin code compiled in, for the boundary's overhead (build the plugin first:
+//! `cargo build --release -p syncline-plugin-tcp`).
+//!
 //! `cargo run --release -p syncline-benches --example transports [ops] [only]`
 
 #[global_allocator]
@@ -11,8 +15,9 @@ use std::time::Duration;
 
 use syncline_benches::{OneWay, Pair, both_ways, one_way, steady};
 use syncline_core::{MemoryStore, ReactorConfig, RemoteConfig, SyncMode};
+use syncline_plugin_host::{LinkTransport, Native, Plugin};
 use syncline_testkit::harnesses::{
-    HttpHarness, MemoryHarness, QuicHarness, RedisHarness, WsHarness,
+    HttpHarness, ListeningHarness, MemoryHarness, QuicHarness, RedisHarness, WsHarness,
 };
 use syncline_testkit::transport_suite::{Node, TransportHarness};
 
@@ -58,6 +63,19 @@ fn main() {
             Box::new(WsHarness),
             Box::new(QuicHarness::new().expect("quic")),
             Box::new(RedisHarness::new().expect("redis")),
+            Box::new(ListeningHarness::new(
+                "tcp-plugin",
+                "tcp",
+                Plugin::load(&syncline_testkit::plugin_library("tcp"))
+                    .expect("the tcp plugin")
+                    .transport()
+                    .expect("a transport"),
+            )),
+            Box::new(ListeningHarness::new(
+                "tcp-native",
+                "tcp",
+                Arc::new(LinkTransport::new(Native::<syncline_plugin_tcp::Plugin>::new())),
+            )),
         ];
         println!("| transport | one way, ops/s | burst p50 / p99 | both ways, ops/s | steady 1,000 ops/s p50 / p99 |");
         println!("|---|---|---|---|---|");

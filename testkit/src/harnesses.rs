@@ -56,6 +56,25 @@ async fn build(
         .await
 }
 
+/// Makes `reactor` listen at `url` by itself, retrying while a crashed node still holds it.
+async fn listening(reactor: Reactor, url: &str) -> Result<Node> {
+    let mut last = None;
+    for _ in 0..100 {
+        match reactor.listen(url).await {
+            Ok(_) => {
+                return Ok(Node {
+                    reactor,
+                    url: url.to_owned(),
+                    guard: Box::new(()),
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    Err(last.unwrap_or_else(|| Error::internal(format!("cannot listen at {url}"))))
+}
+
 /// Binds a TCP listener at `addr`, retrying while a crashed server still holds it.
 async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     let mut last = None;
@@ -111,21 +130,7 @@ impl TransportHarness for MemoryHarness {
         config: ReactorConfig,
     ) -> Result<Node> {
         let reactor = build(name, store, config, self.net.transport(name)).await?;
-        let mut last = None;
-        for _ in 0..100 {
-            match reactor.listen(url).await {
-                Ok(_) => {
-                    return Ok(Node {
-                        reactor,
-                        url: url.to_owned(),
-                        guard: Box::new(()),
-                    });
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(last.unwrap_or_else(|| Error::internal("listen failed")))
+        listening(reactor, url).await
     }
     fn dialer(&self) -> Arc<dyn Transport> {
         self.net.transport("raw-client")
@@ -343,5 +348,56 @@ impl TransportHarness for RedisHarness {
     }
     fn dialer(&self) -> Arc<dyn Transport> {
         Arc::new(RedisTransport::new())
+    }
+}
+
+/// A transport that listens by itself (`Reactor::listen`), such as a plugin transport: URLs are
+/// `<scheme>://127.0.0.1:<free port>`.
+pub struct ListeningHarness {
+    name: String,
+    scheme: String,
+    transport: Arc<dyn Transport>,
+}
+
+impl std::fmt::Debug for ListeningHarness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListeningHarness")
+            .field("name", &self.name)
+            .field("scheme", &self.scheme)
+            .finish()
+    }
+}
+
+impl ListeningHarness {
+    /// A harness named `name` for `transport`, which serves `scheme`.
+    pub fn new(name: &str, scheme: &str, transport: Arc<dyn Transport>) -> ListeningHarness {
+        ListeningHarness {
+            name: name.to_owned(),
+            scheme: scheme.to_owned(),
+            transport,
+        }
+    }
+}
+
+#[syncline_core::async_trait]
+impl TransportHarness for ListeningHarness {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    async fn fresh_url(&self, _name: &str) -> Result<String> {
+        Ok(format!("{}://127.0.0.1:{}", self.scheme, free_tcp()?))
+    }
+    async fn start_at(
+        &self,
+        name: &str,
+        url: &str,
+        store: DynStore,
+        config: ReactorConfig,
+    ) -> Result<Node> {
+        let reactor = build(name, store, config, self.transport.clone()).await?;
+        listening(reactor, url).await
+    }
+    fn dialer(&self) -> Arc<dyn Transport> {
+        self.transport.clone()
     }
 }

@@ -669,5 +669,8 @@ impl SyncManager {
         }
         self.tasks.lock().clear();
         self.responder.close_sessions();
+        // Remotes point back at the context; forgetting them breaks that cycle, so a reactor
+        // that stopped frees its memory.
+        self.ctx.remotes.write().clear();
     }
 }

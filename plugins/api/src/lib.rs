@@ -20,6 +20,10 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
+/// The plugin author's guide (`docs/plugins.md`); its minimal plugin is compiled as a doc test.
+#[doc = include_str!("../../../docs/plugins.md")]
+pub mod guide {}
+
 /// The ABI version this crate speaks. A host refuses a plugin of another version.
 pub const ABI_VERSION: u32 = 1;
 

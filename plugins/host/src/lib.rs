@@ -50,6 +50,10 @@ static HOST_API: HostApi = HostApi {
     log: host_log,
 };
 
+/// Every library loaded, for the life of the process.
+static LOADED: parking_lot::Mutex<Vec<&'static libloading::Library>> =
+    parking_lot::Mutex::new(Vec::new());
+
 /// A loaded plugin. Its library stays loaded for the life of the process.
 #[derive(Clone)]
 pub struct Plugin {
@@ -85,8 +89,10 @@ impl Plugin {
         // configuration are loaded; that is the trust boundary.
         let lib = unsafe { libloading::Library::new(path) }
             .map_err(|e| bad(path, format!("cannot be loaded as a shared library: {e}")))?;
-        // Never unloaded: handles and vtables keep pointing into it.
+        // Never unloaded: handles and vtables keep pointing into it. The list keeps every
+        // loaded library reachable for the life of the process.
         let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+        LOADED.lock().push(lib);
         // SAFETY: the symbol's type is fixed by the ABI (`EntryFn`), checked by name only; the
         // version is checked right after, before anything else is read.
         let entry: libloading::Symbol<'static, EntryFn> = unsafe { lib.get(ENTRY_SYMBOL) }

@@ -1,12 +1,10 @@
 //! The example plugins, loaded through the C boundary, pass the store and transport suites.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use syncline_core::{DynStore, Reactor, ReactorConfig, ReactorId, Result, Transport};
+use syncline_core::{DynStore, Result};
 use syncline_plugin_host::Plugin;
+use syncline_testkit::harnesses::ListeningHarness;
 use syncline_testkit::store_suite::{self, StoreHarness};
-use syncline_testkit::transport_suite::{self, Node, TransportHarness};
+use syncline_testkit::transport_suite;
 
 struct KvFile {
     plugin: Plugin,
@@ -58,72 +56,12 @@ async fn the_kvfile_plugin_passes_the_store_suite() {
     assert!(err.message().contains("needs options"), "{err}");
 }
 
-struct Tcp {
-    transport: Arc<dyn Transport>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[syncline_core::async_trait]
-impl TransportHarness for Tcp {
-    fn name(&self) -> String {
-        "tcp plugin".into()
-    }
-    async fn fresh_url(&self, _name: &str) -> Result<String> {
-        Ok(format!("tcp://127.0.0.1:{}", free_port()))
-    }
-    async fn start_at(
-        &self,
-        name: &str,
-        url: &str,
-        store: DynStore,
-        config: ReactorConfig,
-    ) -> Result<Node> {
-        let reactor = Reactor::builder(ReactorId::new(name)?)
-            .store(store)
-            .transport(self.transport.clone())
-            .config(config)
-            .scheduler(Arc::new(syncline_core::FixedInterval::new(
-                Duration::from_millis(200),
-                syncline_core::RetryPolicy::default(),
-            )))
-            .start()
-            .await?;
-        let mut last = None;
-        for _ in 0..100 {
-            match reactor.listen(url).await {
-                Ok(_) => {
-                    return Ok(Node {
-                        reactor,
-                        url: url.to_owned(),
-                        guard: Box::new(()),
-                    });
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(last.unwrap())
-    }
-    fn dialer(&self) -> Arc<dyn Transport> {
-        self.transport.clone()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tcp_plugin_passes_the_transport_suite() {
     let plugin = Plugin::load(&syncline_testkit::plugin_library("tcp")).unwrap();
     assert_eq!(plugin.scheme().as_deref(), Some("tcp"));
     assert_eq!(plugin.store_kind(), None);
-    let h = Tcp {
-        transport: plugin.transport().unwrap(),
-    };
+    let h = ListeningHarness::new("tcp plugin", "tcp", plugin.transport().unwrap());
     transport_suite::run(&h).await.unwrap();
 }
 

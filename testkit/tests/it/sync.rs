@@ -803,3 +803,47 @@ async fn peer_remotes_push_back_on_the_inbound_connection() {
         .await
         .unwrap();
 }
+
+/// A reactor that stopped (gracefully or by crash) holds no memory: its remotes, sessions and
+/// tasks let go of the context, so the store it was given comes back with a single owner. An
+/// embedded user can stop a reactor and reopen its store file in the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_reactor_lets_go_of_its_store() {
+    for crash in [false, true] {
+        let net = MemoryNetwork::new();
+        let store_a = Arc::new(MemoryStore::new());
+        let store_b = Arc::new(MemoryStore::new());
+        let a = start_on(&net, "a", store_a.clone(), fast_config(), 1)
+            .await
+            .unwrap();
+        let b = start_on(&net, "b", store_b.clone(), fast_config(), 2)
+            .await
+            .unwrap();
+        a.sync()
+            .add_remote(remote("b", SyncMode::PingPong))
+            .await
+            .unwrap();
+        submit_increments(&a, "doc", 200, 20).await.unwrap();
+        submit_increments(&b, "other", 100, 20).await.unwrap();
+        wait_for_count(&[&a, &b], 300, WAIT).await.unwrap();
+        for r in [&a, &b] {
+            if crash {
+                r.crash().await;
+            } else {
+                r.shutdown(Duration::from_secs(1)).await;
+            }
+        }
+        drop((a, b));
+        // Aborted tasks are dropped by the runtime shortly after.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while Arc::strong_count(&store_a) > 1 || Arc::strong_count(&store_b) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "crash {crash}: still held: a {} b {}",
+                Arc::strong_count(&store_a),
+                Arc::strong_count(&store_b)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
