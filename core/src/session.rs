@@ -228,6 +228,7 @@ impl Session {
             ));
         }
         self.0.sender.send(Bytes::from(frame)).await?;
+        telemetry::frame_bytes("out", len);
         Ok(len)
     }
 
@@ -347,7 +348,10 @@ impl Session {
         let permits = Arc::new(Semaphore::new(self.0.limits.max_concurrent_requests.max(1)));
         while let Some(frame) = receiver.recv().await {
             let frame = match frame {
-                Ok(f) => f,
+                Ok(f) => {
+                    telemetry::frame_bytes("in", f.len());
+                    f
+                }
                 Err(e) => {
                     telemetry::frame_rejected("transport");
                     tracing::debug!(error = %e, "the transport refused a frame");

@@ -102,6 +102,13 @@ pub(crate) fn connected(remote: &str, up: bool) {
     });
 }
 
+/// A frame sent (`out`) or received (`in`) by a session: every message, requests, responses
+/// and notifications, as encoded (the transport's own framing is not counted).
+pub(crate) fn frame_bytes(direction: &'static str, len: usize) {
+    counter!("syncline_frame_bytes_total", "direction" => direction).increment(len as u64);
+    counter!("syncline_frames_total", "direction" => direction).increment(1);
+}
+
 /// Frames received with an error answer (malformed, too large, wrong version).
 pub(crate) fn frame_rejected(reason: &'static str) {
     counter!("syncline_frames_rejected_total", "reason" => reason).increment(1);
@@ -115,6 +122,16 @@ pub fn describe() {
         "syncline_queue_depth_jobs",
         Unit::Count,
         "Jobs waiting in the queue."
+    );
+    describe_counter!(
+        "syncline_frame_bytes_total",
+        Unit::Bytes,
+        "Bytes of sync frames sent (direction out) and received (in), as encoded."
+    );
+    describe_counter!(
+        "syncline_frames_total",
+        Unit::Count,
+        "Sync frames sent (direction out) and received (in)."
     );
     describe_counter!(
         "syncline_commits_total",

@@ -261,7 +261,11 @@ pub mod counting {
     }
 }
 
-pub mod redis_server;
+/// A real `redis-server` on a free loopback port (it lives in the Redis store crate, which
+/// `syncline bench` shares).
+pub mod redis_server {
+    pub use syncline_store_redis::server::RedisServer;
+}
 pub mod store_suite;
 
 /// What the crash tests write and check.

@@ -262,6 +262,9 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 /// The cargo features compiled into this binary, by name.
 pub fn compiled_features() -> Vec<&'static str> {
     let mut f = Vec::new();
+    if cfg!(feature = "transport-memory") {
+        f.push("transport-memory");
+    }
     if cfg!(feature = "transport-http") {
         f.push("transport-http");
     }
@@ -290,6 +293,7 @@ pub fn feature_for_scheme(scheme: &str) -> Option<&'static str> {
         "ws" => Some("transport-websocket"),
         "quic" => Some("transport-quic"),
         "redis" => Some("transport-redis"),
+        "mem" => Some("transport-memory"),
         _ => None,
     }
 }

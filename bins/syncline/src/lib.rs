@@ -1,11 +1,12 @@
 //! syncline: the facade over the core, the transports and the stores, and the node.
 //!
-//! Cargo features pick what is compiled in: `transport-http`, `transport-websocket`,
-//! `transport-quic`, `transport-redis`, `store-redb`, `store-redis` (the defaults give a complete
-//! single-machine node). The configuration picks what is used; asking for something not
+//! Cargo features pick what is compiled in: `transport-memory`, `transport-http`,
+//! `transport-websocket`, `transport-quic`, `transport-redis`, `store-redb`, `store-redis` (all on
+//! by default). The configuration picks what is used; asking for something not
 //! compiled in fails at start with a message naming the feature.
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod node;

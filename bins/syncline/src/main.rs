@@ -43,6 +43,8 @@ enum Command {
     Status(NodeArgs),
     /// Starts three nodes on loopback, writes on all of them and shows them converge.
     Demo(demo::DemoArgs),
+    /// Benchmarks every transport × store combination with several workloads.
+    Bench(syncline::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -314,6 +316,7 @@ fn main() -> anyhow::Result<()> {
             Command::Doc(cmd) => doc(cmd).await,
             Command::Status(args) => status(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => syncline::bench::main(args).await,
             Command::Config(_) => unreachable!("handled above"),
         }
     })

@@ -16,7 +16,7 @@ use crate::api::{AppState, router};
 use crate::config::{Config, compiled_features};
 
 /// The process-wide Prometheus recorder (installed once).
-fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -109,9 +109,17 @@ struct Transports {
     quic: Arc<syncline_transport_quic::QuicTransport>,
 }
 
+/// The `mem://` network of this process: nodes started in one process (embedded, or by
+/// `syncline bench`) reach each other at `mem://<node id>` without sockets.
+#[cfg(feature = "transport-memory")]
+static MEMORY: std::sync::LazyLock<syncline_transport_memory::MemoryNetwork> =
+    std::sync::LazyLock::new(syncline_transport_memory::MemoryNetwork::new);
+
 #[cfg_attr(not(feature = "transport-http"), allow(unused_variables))]
 fn transports(config: &Config, plugins: &crate::plugins::Loaded) -> anyhow::Result<Transports> {
     let mut registry = TransportRegistry::new();
+    #[cfg(feature = "transport-memory")]
+    registry.register(MEMORY.transport(&config.node_id));
     #[cfg(feature = "transport-http")]
     registry.register(Arc::new(syncline_transport_http::HttpTransport::new(
         config.sync.request_timeout,

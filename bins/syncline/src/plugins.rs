@@ -36,16 +36,22 @@ impl Loaded {
 
     /// Store kinds and URL schemes the plugins provide.
     pub fn kinds(&self) -> Vec<String> {
-        let mut k = Vec::new();
-        for p in &self.plugins {
-            if let Some(s) = p.store_kind() {
-                k.push(s.to_owned());
-            }
-            if let Some(s) = p.scheme() {
-                k.push(s);
-            }
-        }
+        let mut k = self.store_kinds();
+        k.extend(self.schemes());
         k
+    }
+
+    /// Store kinds the plugins provide.
+    pub fn store_kinds(&self) -> Vec<String> {
+        self.plugins
+            .iter()
+            .filter_map(|p| p.store_kind().map(str::to_owned))
+            .collect()
+    }
+
+    /// URL schemes the plugins provide.
+    pub fn schemes(&self) -> Vec<String> {
+        self.plugins.iter().filter_map(|p| p.scheme()).collect()
     }
 
     /// The store plugin named `kind`, opened with `options`.

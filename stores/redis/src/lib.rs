@@ -19,6 +19,8 @@
 //! Strand and sort keys are encoded as in the redb store. Connection loss surfaces as
 //! `Unavailable` (retryable); the connection manager reconnects by itself.
 
+pub mod server;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -185,6 +185,8 @@ async fn metrics_pass_promtool() {
         "syncline_ops_pulled_total",
         "syncline_batches_total",
         "syncline_bytes_total",
+        "syncline_frame_bytes_total{direction=\"out\"}",
+        "syncline_frames_total{direction=\"in\"}",
         "syncline_queue_depth_jobs",
         "syncline_outbox_lag_ops",
         "syncline_pull_interval_seconds",

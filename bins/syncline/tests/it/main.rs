@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod bench;
 mod config;
 mod demo;
 mod plugins;

@@ -1,7 +1,6 @@
-//! A real `redis-server` on a free loopback port, owned by one test.
-//!
-//! Tests never use a server someone started by hand: each starts its own and the server is
-//! killed when the value is dropped. `./scripts/test` installs `redis-server` when missing.
+//! A real `redis-server` on a free loopback port, owned by whoever started it: tests, and
+//! `syncline bench` when it is given no server. The server is killed when the value is dropped.
+//! `./scripts/test` installs `redis-server` when missing.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
