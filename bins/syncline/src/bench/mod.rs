@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// `--markdown` or neither).
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
+    /// This machine's limits (the JSON of `cargo run --release -p syncline-benches --example
+    /// limits`): adds each combination's one-way rate as a fraction of its transport's and its
+    /// store's limit.
+    #[arg(long, value_name = "FILE")]
+    pub limits: Option<PathBuf>,
     /// Lists the runs the options select, and exits.
     #[arg(long)]
     pub list: bool,
@@ -419,14 +424,43 @@ fn progress(len: usize) -> ProgressBar {
     pb
 }
 
+/// What each transport and store can do at best on this machine, in operations per second.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    /// Records moved or stored per measurement.
+    pub ops: usize,
+    /// Bytes per record (an encoded operation).
+    pub op_bytes: usize,
+    /// By transport name.
+    pub transports: std::collections::BTreeMap<String, f64>,
+    /// By store name.
+    pub stores: std::collections::BTreeMap<String, f64>,
+}
+
 /// Prints `matrix` as `args` ask, and draws its chart.
 fn output(args: &BenchArgs, matrix: &Matrix) -> anyhow::Result<()> {
+    let limits: Option<Limits> = match &args.limits {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| {
+                format!("{} is not the output of the limits example", file.display())
+            })?)
+        }
+        None => None,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(matrix)?);
     } else if args.markdown {
         print!("{}", report::markdown(matrix));
+        if let Some(l) = &limits {
+            print!("\n{}", report::limits_markdown(matrix, l));
+        }
     } else {
         print!("{}", report::table(matrix));
+        if let Some(l) = &limits {
+            print!("\n{}", report::limits_table(matrix, l));
+        }
     }
     if let Some(path) = &args.chart {
         chart::draw(matrix, path)?;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Machine, Matrix, Record, WORKLOADS};
+use super::{Limits, Machine, Matrix, Record, WORKLOADS};
 
 /// `612k`, `1.2M`, `950`.
 pub(crate) fn rate(ops_per_sec: f64) -> String {
@@ -26,6 +26,18 @@ pub(crate) fn micros(us: u64) -> String {
         format!("{:.1} ms", us as f64 / 1e3)
     } else {
         format!("{us} µs")
+    }
+}
+
+/// `42%`, `4.6%`, `0.37%`.
+pub(crate) fn percent(fraction: f64) -> String {
+    let p = 100.0 * fraction;
+    if p >= 10.0 {
+        format!("{p:.0}%")
+    } else if p >= 1.0 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.2}%")
     }
 }
 
@@ -159,31 +171,53 @@ fn describe(m: &Matrix) -> String {
     )
 }
 
-/// The matrix as an aligned text table.
-pub(crate) fn table(m: &Matrix) -> String {
-    let rows: Vec<[String; 9]> = rows(m).iter().map(cells).collect();
-    let mut widths = HEADERS.map(|h| h.chars().count());
-    for r in &rows {
+/// An aligned text table; the first two columns are left-aligned, numbers right-aligned.
+fn text_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let line = |cells: &[String]| {
         let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            let pad = w - c.chars().count();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = " ".repeat(w - c.chars().count());
             if i < 2 {
-                let _ = write!(s, "{c}{}  ", " ".repeat(pad));
+                let _ = write!(s, "{c}{pad}  ");
             } else {
-                let _ = write!(s, "{}{c}  ", " ".repeat(pad));
+                let _ = write!(s, "{pad}{c}  ");
             }
         }
         s.trim_end().to_owned() + "\n"
     };
-    let mut out = line(&HEADERS.map(String::from));
-    for r in &rows {
+    let mut out = line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for r in rows {
         out += &line(r);
     }
+    out
+}
+
+/// A Markdown table; numbers right-aligned.
+fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = format!("| {} |\n|", headers.join(" | "));
+    for i in 0..headers.len() {
+        out += if i < 2 { "---|" } else { "---:|" };
+    }
+    out += "\n";
+    for r in rows {
+        out += &format!("| {} |\n", r.join(" | "));
+    }
+    out
+}
+
+fn matrix_rows(m: &Matrix) -> Vec<Vec<String>> {
+    rows(m).iter().map(|r| cells(r).to_vec()).collect()
+}
+
+/// The matrix as an aligned text table.
+pub(crate) fn table(m: &Matrix) -> String {
+    let mut out = text_table(&HEADERS, &matrix_rows(m));
     let _ = writeln!(out, "\n{}", describe(m));
     out += &failures(m);
     out
@@ -191,24 +225,65 @@ pub(crate) fn table(m: &Matrix) -> String {
 
 /// The matrix as a Markdown table.
 pub(crate) fn markdown(m: &Matrix) -> String {
-    let mut out = format!("| {} |\n", HEADERS.join(" | "));
-    out += &format!(
-        "|{}\n",
-        HEADERS
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i < 2 { "---|" } else { "---:|" })
-            .collect::<String>()
-    );
-    for r in rows(m).iter().map(cells) {
-        out += &format!("| {} |\n", r.join(" | "));
-    }
+    let mut out = markdown_table(&HEADERS, &matrix_rows(m));
     let _ = writeln!(out, "\n{}", describe(m));
     let f = failures(m);
     if !f.is_empty() {
         let _ = writeln!(out, "\nFailed runs:\n\n```\n{f}```");
     }
     out
+}
+
+const LIMIT_HEADERS: [&str; 7] = [
+    "transport",
+    "store",
+    "one-way ops/s",
+    "transport limit",
+    "of transport",
+    "store limit",
+    "of store",
+];
+
+fn limit_rows(m: &Matrix, l: &Limits) -> Vec<Vec<String>> {
+    let pct = |v: f64, of: Option<&f64>| match of {
+        Some(&of) if of > 0.0 => percent(v / of),
+        _ => "-".to_owned(),
+    };
+    let lim = |of: Option<&f64>| of.map_or("-".to_owned(), |v| rate(*v));
+    rows(m)
+        .iter()
+        .filter_map(|r| {
+            let v = r.get("one-way")?.ops_per_sec;
+            let (t, s) = (l.transports.get(r.transport), l.stores.get(r.store));
+            Some(vec![
+                r.transport.to_owned(),
+                r.store.to_owned(),
+                rate(v),
+                lim(t),
+                pct(v, t),
+                lim(s),
+                pct(v, s),
+            ])
+        })
+        .collect()
+}
+
+fn limits_note(l: &Limits) -> String {
+    format!(
+        "Limits: {} records of {} bytes (an encoded operation) in batches of 1,024, moved or \
+         stored without syncline (`cargo run --release -p syncline-benches --example limits`).\n",
+        l.ops, l.op_bytes
+    )
+}
+
+/// The one-way rate of each combination against this machine's limits, as text.
+pub(crate) fn limits_table(m: &Matrix, l: &Limits) -> String {
+    text_table(&LIMIT_HEADERS, &limit_rows(m, l)) + "\n" + &limits_note(l)
+}
+
+/// The one-way rate of each combination against this machine's limits, in Markdown.
+pub(crate) fn limits_markdown(m: &Matrix, l: &Limits) -> String {
+    markdown_table(&LIMIT_HEADERS, &limit_rows(m, l)) + "\n" + &limits_note(l)
 }
 
 fn machine_line(m: &Machine) -> String {
@@ -264,5 +339,8 @@ mod tests {
         assert_eq!(micros(4_700), "4.7 ms");
         assert_eq!(micros(47_000), "47 ms");
         assert_eq!(micros(1_200_000), "1.20 s");
+        assert_eq!(percent(0.42), "42%");
+        assert_eq!(percent(0.046), "4.6%");
+        assert_eq!(percent(0.0037), "0.37%");
     }
 }

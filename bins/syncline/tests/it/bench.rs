@@ -75,6 +75,33 @@ fn the_memory_smoke_run_reports_every_workload() {
     assert!(ok, "{err}");
     assert!(md.starts_with("| transport | store |"), "{md}");
     assert!(md.contains("| memory | memory |"), "{md}");
+    // Against this machine's limits (the shape the limits example writes).
+    let limits = dir.path().join("limits.json");
+    std::fs::write(
+        &limits,
+        r#"{"ops": 1024, "op_bytes": 136, "batch": 1024,
+            "transports": {"memory": 1000000000.0}, "stores": {"memory": 2000000000.0}}"#,
+    )
+    .unwrap();
+    let (ok, text, err) = bench(&[
+        "--from",
+        json.to_str().unwrap(),
+        "--limits",
+        limits.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("of transport") && text.contains("of store"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("memory") && l.contains('%'))
+        .unwrap_or_else(|| panic!("a limits row: {text}"));
+    assert!(
+        line.contains("1000.00M") && line.contains("2000.00M") && line.ends_with('%'),
+        "{line}"
+    );
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("memory / memory"),
