@@ -421,6 +421,8 @@ fn progress(len: usize) -> ProgressBar {
             .expect("a valid template")
             .progress_chars("=> "),
     );
+    // Runs take seconds each: keep the elapsed time moving.
+    pb.enable_steady_tick(Duration::from_millis(250));
     pb
 }
 
