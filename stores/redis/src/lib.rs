@@ -46,32 +46,37 @@ pub const FORMAT_VERSION: u32 = 1;
 const APPLY: &str = r#"
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
-local out = {}
-local i = 3
-local head = redis.call('LLEN', p .. ':ops')
+local ids = p .. ':ids'
+local hsetnx = redis.call
+local first = redis.call('LLEN', p .. ':ops')
+local head = first
+local dups = {}
 local recs = {}
 local strands = {}
 local order = {}
-for _ = 1, n do
-  local id, skey, member, rec, dtype = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  i = i + 5
-  if redis.call('HSETNX', p .. ':ids', id, head + 1) == 1 then
+local i = 3
+for k = 1, n do
+  local id = ARGV[i]
+  if hsetnx('HSETNX', ids, id, head + 1) == 1 then
     head = head + 1
-    recs[#recs + 1] = rec
+    recs[#recs + 1] = ARGV[i + 3]
+    local skey = ARGV[i + 1]
     local s = strands[skey]
     if not s then
-      s = {count = 0, last = 0, dtype = dtype, zadd = {}}
+      s = {count = 0, dtype = ARGV[i + 4], zadd = {}}
       strands[skey] = s
       order[#order + 1] = skey
     end
     s.count = s.count + 1
     s.last = head
-    s.zadd[#s.zadd + 1] = 0
-    s.zadd[#s.zadd + 1] = member
-    out[#out + 1] = head
+    local z = s.zadd
+    z[#z + 1] = 0
+    z[#z + 1] = ARGV[i + 2]
   else
-    out[#out + 1] = -tonumber(redis.call('HGET', p .. ':ids', id))
+    dups[#dups + 1] = k
+    dups[#dups + 1] = tonumber(redis.call('HGET', ids, id))
   end
+  i = i + 5
 end
 for j = 1, #recs, 1000 do
   redis.call('RPUSH', p .. ':ops', unpack(recs, j, math.min(j + 999, #recs)))
@@ -96,7 +101,12 @@ for _ = 1, m do
     redis.call('HDEL', p .. ':meta:' .. space, key)
   end
 end
-out[#out + 1] = head
+-- The head before and after, then (position, ordinal) of each duplicate; new operations took
+-- the ordinals after the old head, in order.
+local out = {first, head}
+for j = 1, #dups do
+  out[#out + 1] = dups[j]
+end
 return out
 "#;
 
@@ -374,28 +384,36 @@ impl OperationStore for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(|e| inner.err("applying a batch", e))?;
-        let Some((&head, outcomes)) = result.split_last() else {
-            return Err(Error::internal("the apply script returned nothing"));
+        let [first, head, dups @ ..] = result.as_slice() else {
+            return Err(Error::internal("the apply script returned no heads"));
         };
-        if outcomes.len() != batch.ops.len() {
+        // Duplicates by position (1-based in the script); the rest are new, numbered in order.
+        let mut dup = dups.chunks_exact(2).map(|d| (d[0], d[1])).peekable();
+        let mut next = *first as u64;
+        let mut outcomes = Vec::with_capacity(batch.ops.len());
+        for k in 1..=batch.ops.len() as i64 {
+            match dup.peek() {
+                Some(&(at, ordinal)) if at == k => {
+                    dup.next();
+                    outcomes.push(OpOutcome::Duplicate(Ordinal(ordinal as u64)));
+                }
+                _ => {
+                    next += 1;
+                    outcomes.push(OpOutcome::New(Ordinal(next)));
+                }
+            }
+        }
+        if next != *head as u64 || dup.next().is_some() {
             return Err(Error::internal(format!(
-                "the apply script returned {} outcomes for {} operations",
-                outcomes.len(),
-                batch.ops.len()
+                "the apply script's answer does not add up: heads {first}..{head} for {} \
+                 operations with {} duplicates",
+                batch.ops.len(),
+                dups.len() / 2
             )));
         }
         Ok(ApplyOutcome {
-            outcomes: outcomes
-                .iter()
-                .map(|&o| {
-                    if o < 0 {
-                        OpOutcome::Duplicate(Ordinal(o.unsigned_abs()))
-                    } else {
-                        OpOutcome::New(Ordinal(o as u64))
-                    }
-                })
-                .collect(),
-            head: Ordinal(head as u64),
+            outcomes,
+            head: Ordinal(*head as u64),
         })
     }
 
