@@ -108,6 +108,38 @@ pub async fn duplicates_change_nothing(h: &dyn StoreHarness) -> Result<()> {
     Ok(())
 }
 
+/// Batches of thousands of operations (larger than any chunk a backend splits its work into)
+/// with known ids spread through them, and a repeat inside the batch, keep the same rules.
+pub async fn large_batches_keep_the_rules(h: &dyn StoreHarness) -> Result<()> {
+    let s = h.fresh().await?;
+    s.apply(batch(&ops("big", 0, 1500), None)).await?;
+    // 1,000..1,500 known, 1,500..3,500 new, then 2,999 again.
+    let mut mixed = ops("big", 1000, 2500);
+    mixed.push(mixed[1999].clone());
+    let out = s.apply(batch(&mixed, Some("x"))).await?;
+    assert_eq!(out.outcomes.len(), 2501, "{}", h.name());
+    for (k, o) in out.outcomes.iter().enumerate() {
+        let want = match k {
+            0..500 => OpOutcome::Duplicate(Ordinal(1001 + k as u64)),
+            500..2500 => OpOutcome::New(Ordinal(1001 + k as u64)),
+            _ => OpOutcome::Duplicate(Ordinal(3000)),
+        };
+        assert_eq!(*o, want, "{}: operation {k} of the batch", h.name());
+    }
+    assert_eq!(out.head, Ordinal(3500), "{}", h.name());
+    let page = s
+        .read_since(
+            Ordinal(2990),
+            20,
+            &syncline_core::filter::ReadFilter::everything(),
+        )
+        .await?;
+    let ids: Vec<_> = page.ops.iter().map(|o| o.op.id).collect();
+    let want: Vec<_> = ops("big", 2990, 20).iter().map(|o| o.id).collect();
+    assert_eq!(ids, want, "{}: the feed holds them in order", h.name());
+    Ok(())
+}
+
 /// Operations and metadata in one apply are visible together.
 pub async fn ops_and_cursor_commit_together(h: &dyn StoreHarness) -> Result<()> {
     let s = h.fresh().await?;
@@ -445,6 +477,7 @@ pub async fn reopen_keeps_everything(h: &dyn StoreHarness) -> Result<()> {
 pub async fn run(h: &dyn StoreHarness) -> Result<()> {
     apply_appends_gap_free(h).await?;
     duplicates_change_nothing(h).await?;
+    large_batches_keep_the_rules(h).await?;
     ops_and_cursor_commit_together(h).await?;
     read_since_pages_with_filter(h).await?;
     strands_read_in_canonical_order(h).await?;

@@ -47,18 +47,38 @@ const APPLY: &str = r#"
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
 local ids = p .. ':ids'
-local hsetnx = redis.call
 local first = redis.call('LLEN', p .. ':ops')
 local head = first
+-- Which ids the dataset holds already: one HMGET per thousand, not one call per operation.
+local wanted = {}
+for k = 1, n do
+  wanted[k] = ARGV[3 + (k - 1) * 5]
+end
+local found = {}
+for j = 1, n, 1000 do
+  local part = redis.call('HMGET', ids, unpack(wanted, j, math.min(j + 999, n)))
+  for t = 1, #part do
+    found[j + t - 1] = part[t]
+  end
+end
+local seen = {}
+local newids = {}
 local dups = {}
 local recs = {}
 local strands = {}
 local order = {}
-local i = 3
 for k = 1, n do
+  local i = 3 + (k - 1) * 5
   local id = ARGV[i]
-  if hsetnx('HSETNX', ids, id, head + 1) == 1 then
+  local known = found[k] or seen[id]
+  if known then
+    dups[#dups + 1] = k
+    dups[#dups + 1] = tonumber(known)
+  else
     head = head + 1
+    seen[id] = head
+    newids[#newids + 1] = id
+    newids[#newids + 1] = head
     recs[#recs + 1] = ARGV[i + 3]
     local skey = ARGV[i + 1]
     local s = strands[skey]
@@ -72,11 +92,10 @@ for k = 1, n do
     local z = s.zadd
     z[#z + 1] = 0
     z[#z + 1] = ARGV[i + 2]
-  else
-    dups[#dups + 1] = k
-    dups[#dups + 1] = tonumber(redis.call('HGET', ids, id))
   end
-  i = i + 5
+end
+for j = 1, #newids, 2000 do
+  redis.call('HSET', ids, unpack(newids, j, math.min(j + 1999, #newids)))
 end
 for j = 1, #recs, 1000 do
   redis.call('RPUSH', p .. ':ops', unpack(recs, j, math.min(j + 999, #recs)))
@@ -90,8 +109,8 @@ for _, skey in ipairs(order) do
   redis.call('HSET', p .. ':strands:ord', skey, s.last)
   redis.call('HSETNX', p .. ':strands:type', skey, s.dtype)
 end
-local m = tonumber(ARGV[i])
-i = i + 1
+local m = tonumber(ARGV[5 * n + 3])
+local i = 5 * n + 4
 for _ = 1, m do
   local space, key, put, val = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4

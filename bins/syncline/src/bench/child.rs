@@ -188,6 +188,7 @@ pub(crate) async fn run(args: &super::BenchArgs, run: &RunId) -> anyhow::Result<
         frame_bytes_per_op: bytes.map(|b| b as f64 / result.ops.max(1) as f64),
         peak_rss_bytes: peak_rss(),
         error: None,
+        samples: Vec::new(),
     };
     a.node.shutdown().await;
     b.node.shutdown().await;

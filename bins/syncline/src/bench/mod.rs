@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Operations in each throughput workload (one-way, both-ways, catch-up).
     #[arg(long, default_value_t = 100_000)]
     pub ops: usize,
+    /// Runs of each workload; the median (by ops/s) is reported, with every sample in --json.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Seconds of the steady workload.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
@@ -135,6 +138,9 @@ pub struct Record {
     pub peak_rss_bytes: Option<u64>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
+    /// Ops/s of every sample when the run was repeated (`--repeat`); the record is the median.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
 }
 
 impl Record {
@@ -152,6 +158,7 @@ impl Record {
             frame_bytes_per_op: None,
             peak_rss_bytes: None,
             error: Some(error),
+            samples: Vec::new(),
         }
     }
 }
@@ -369,6 +376,25 @@ fn spawn_run(args: &BenchArgs, run: &RunId, redis: Option<&str>) -> Record {
     }
 }
 
+/// The median sample (the first failure, if any failed), with every sample's rate: by rate, or
+/// by 99th percentile latency for the steady workload (whose rate is fixed).
+fn median(mut samples: Vec<Record>) -> Record {
+    if let Some(i) = samples.iter().position(|r| r.error.is_some()) {
+        return samples.swap_remove(i);
+    }
+    if samples.first().is_some_and(|r| r.workload == "steady") {
+        samples.sort_by_key(|r| r.p99_us);
+    } else {
+        samples.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    }
+    let rates: Vec<f64> = samples.iter().map(|r| r.ops_per_sec).collect();
+    let mut m = samples.swap_remove(samples.len() / 2);
+    if rates.len() > 1 {
+        m.samples = rates;
+    }
+    m
+}
+
 fn wait_with_limit(
     mut child: std::process::Child,
     limit: Duration,
@@ -477,8 +503,13 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
         let run: RunId = run.parse()?;
         return child::run(&args, &run).await;
     }
-    if args.ops == 0 || args.rate == 0 || !args.duration.is_finite() || args.duration <= 0.0 {
-        bail!("--ops, --rate and --duration must be positive");
+    if args.ops == 0
+        || args.rate == 0
+        || args.repeat == 0
+        || !args.duration.is_finite()
+        || args.duration <= 0.0
+    {
+        bail!("--ops, --rate, --repeat and --duration must be positive");
     }
     if args.json && args.markdown {
         bail!("--json and --markdown exclude each other");
@@ -512,7 +543,13 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
             url => {
                 let (args, run) = (args.clone(), run.clone());
                 let url = url.and_then(Result::ok);
-                tokio::task::spawn_blocking(move || spawn_run(&args, &run, url.as_deref())).await?
+                tokio::task::spawn_blocking(move || {
+                    let samples: Vec<Record> = (0..args.repeat)
+                        .map(|_| spawn_run(&args, &run, url.as_deref()))
+                        .collect();
+                    median(samples)
+                })
+                .await?
             }
         };
         let line = report::one_line(&record);

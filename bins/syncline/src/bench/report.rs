@@ -62,6 +62,10 @@ pub(crate) fn one_line(r: &Record) -> String {
             if r.p99_us.is_some() {
                 let _ = write!(s, ", p50 / p99 {}", latency(r));
             }
+            if r.samples.len() > 1 && r.workload != "steady" {
+                let all: Vec<String> = r.samples.iter().map(|v| rate(*v)).collect();
+                let _ = write!(s, " (median of {})", all.join(", "));
+            }
             s
         }
     }

@@ -121,11 +121,24 @@ fn plugins_and_redis_join_the_matrix() {
         "tcp/kvfile/one-way,redis/redis/both-ways,websocket/redb/catch-up",
         "--ops",
         "3000",
+        "--repeat",
+        "2",
         "--json",
     ]);
     assert!(ok, "{err}");
     let matrix: Value = serde_json::from_str(&out).unwrap();
     check_runs(&matrix, 3);
+    // Repeated runs report the median and keep every sample.
+    for r in matrix["runs"].as_array().unwrap() {
+        let samples = r["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "{r}");
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.as_f64() == r["ops_per_sec"].as_f64()),
+            "{r}"
+        );
+    }
     let combos: Vec<String> = matrix["runs"]
         .as_array()
         .unwrap()
