@@ -44,16 +44,29 @@ use syncline_core::{
 pub const FORMAT_VERSION: u32 = 1;
 
 const APPLY: &str = r#"
+-- ARGV: prefix, number of runs, then per run of operations of one strand: strand key, document
+-- type, count, then per operation: id, sort key member, record; then the metadata writes.
 local p = ARGV[1]
-local n = tonumber(ARGV[2])
+local runs = tonumber(ARGV[2])
 local ids = p .. ':ids'
 local first = redis.call('LLEN', p .. ':ops')
 local head = first
--- Which ids the dataset holds already: one HMGET per thousand, not one call per operation.
+-- Where each run starts, and every id: which ones the dataset holds already is one HMGET per
+-- thousand ids, not one call per operation.
+local starts = {}
 local wanted = {}
-for k = 1, n do
-  wanted[k] = ARGV[3 + (k - 1) * 5]
+local i = 3
+for r = 1, runs do
+  starts[r] = i
+  local c = tonumber(ARGV[i + 2])
+  i = i + 3
+  for _ = 1, c do
+    wanted[#wanted + 1] = ARGV[i]
+    i = i + 3
+  end
 end
+local meta_at = i
+local n = #wanted
 local found = {}
 for j = 1, n, 1000 do
   local part = redis.call('HMGET', ids, unpack(wanted, j, math.min(j + 999, n)))
@@ -67,31 +80,37 @@ local dups = {}
 local recs = {}
 local strands = {}
 local order = {}
-for k = 1, n do
-  local i = 3 + (k - 1) * 5
-  local id = ARGV[i]
-  local known = found[k] or seen[id]
-  if known then
-    dups[#dups + 1] = k
-    dups[#dups + 1] = tonumber(known)
-  else
-    head = head + 1
-    seen[id] = head
-    newids[#newids + 1] = id
-    newids[#newids + 1] = head
-    recs[#recs + 1] = ARGV[i + 3]
-    local skey = ARGV[i + 1]
-    local s = strands[skey]
-    if not s then
-      s = {count = 0, dtype = ARGV[i + 4], zadd = {}}
-      strands[skey] = s
-      order[#order + 1] = skey
+local k = 0
+for r = 1, runs do
+  i = starts[r]
+  local skey, dtype, c = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  local s = strands[skey]
+  for _ = 1, c do
+    k = k + 1
+    local id = ARGV[i]
+    local known = found[k] or seen[id]
+    if known then
+      dups[#dups + 1] = k
+      dups[#dups + 1] = tonumber(known)
+    else
+      head = head + 1
+      seen[id] = head
+      newids[#newids + 1] = id
+      newids[#newids + 1] = head
+      recs[#recs + 1] = ARGV[i + 2]
+      if not s then
+        s = {count = 0, dtype = dtype, zadd = {}}
+        strands[skey] = s
+        order[#order + 1] = skey
+      end
+      s.count = s.count + 1
+      s.last = head
+      local z = s.zadd
+      z[#z + 1] = '0'
+      z[#z + 1] = ARGV[i + 1]
     end
-    s.count = s.count + 1
-    s.last = head
-    local z = s.zadd
-    z[#z + 1] = 0
-    z[#z + 1] = ARGV[i + 2]
+    i = i + 3
   end
 end
 for j = 1, #newids, 2000 do
@@ -109,8 +128,9 @@ for _, skey in ipairs(order) do
   redis.call('HSET', p .. ':strands:ord', skey, s.last)
   redis.call('HSETNX', p .. ':strands:type', skey, s.dtype)
 end
-local m = tonumber(ARGV[5 * n + 3])
-local i = 5 * n + 4
+i = meta_at
+local m = tonumber(ARGV[i])
+i = i + 1
 for _ = 1, m do
   local space, key, put, val = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
@@ -372,23 +392,45 @@ impl OperationStore for RedisStore {
     async fn apply(&self, batch: ApplyBatch) -> Result<ApplyOutcome> {
         let inner = &self.inner;
         let mut inv = inner.apply.prepare_invoke();
-        inv.arg(&inner.prefix).arg(batch.ops.len());
-        for incoming in &batch.ops {
+        // Runs of consecutive operations of one strand share its key and document type.
+        let mut runs: Vec<(Vec<u8>, &str, &[syncline_core::store::IncomingOp])> = Vec::new();
+        let mut start = 0;
+        for (k, incoming) in batch.ops.iter().enumerate() {
+            let next = batch.ops.get(k + 1);
             let op = &incoming.op;
-            let record = postcard::to_stdvec(&RecordRef {
-                op,
-                source: &incoming.source,
-            })
-            .map_err(|e| Error::internal(format!("encoding an operation failed: {e}")))?;
-            inv.arg(op.id.as_bytes().as_slice())
-                .arg(strand_key(
-                    op.document_id.as_str(),
-                    op.scope.as_str(),
-                    op.branch.as_str(),
-                ))
-                .arg(sort_key_bytes(&op.sort_key()).as_slice())
-                .arg(record)
-                .arg(op.document_type.as_str());
+            let same = next.is_some_and(|n| {
+                n.op.document_id == op.document_id
+                    && n.op.scope == op.scope
+                    && n.op.branch == op.branch
+                    && n.op.document_type == op.document_type
+            });
+            if !same {
+                runs.push((
+                    strand_key(
+                        op.document_id.as_str(),
+                        op.scope.as_str(),
+                        op.branch.as_str(),
+                    ),
+                    op.document_type.as_str(),
+                    &batch.ops[start..=k],
+                ));
+                start = k + 1;
+            }
+        }
+        inv.arg(&inner.prefix).arg(runs.len());
+        for (skey, dtype, ops) in &runs {
+            inv.arg(skey.as_slice()).arg(*dtype).arg(ops.len());
+            for incoming in *ops {
+                let op = &incoming.op;
+                let record = postcard::to_stdvec(&RecordRef {
+                    op,
+                    source: &incoming.source,
+                })
+                .map_err(|e| Error::internal(format!("encoding an operation failed: {e}")))?;
+                inv.arg(op.id.as_bytes().as_slice())
+                    .arg(sort_key_bytes(&op.sort_key()).as_slice())
+                    .arg(record);
+            }
         }
         inv.arg(batch.meta.len());
         for w in &batch.meta {
