@@ -143,37 +143,26 @@ pub(crate) async fn run(args: &super::BenchArgs, run: &RunId) -> anyhow::Result<
         b: b.node.reactor.clone(),
     };
     let before = frame_bytes_out();
-    let result = match run.workload.as_str() {
-        "one-way" => {
-            add(&a, &b, SyncMode::Push).await?;
-            workloads::one_way(
-                &pair,
-                &OneWay {
-                    ops: args.ops,
-                    ..OneWay::default()
-                },
-            )
-            .await?
-        }
-        "both-ways" => {
-            add(&a, &b, SyncMode::PingPong).await?;
-            workloads::both_ways(&pair, args.ops).await?
-        }
-        "steady" => {
-            add(&a, &b, SyncMode::Push).await?;
-            // Let the connection settle so the first operations do not pay for the handshake.
-            pair.a
-                .sync()
-                .wait_for_sync("peer", Duration::from_secs(30))
-                .await?;
-            workloads::steady(&pair, args.rate, Duration::from_secs_f64(args.duration), 10).await?
-        }
-        "catch-up" => workloads::catch_up(&pair, args.ops, &a.url).await?,
-        other => bail!("unknown workload {other:?}"),
-    };
+    let result = workload(args, run, &pair, &a, &b).await;
     let bytes = frame_bytes_out()
         .zip(before)
         .map(|(after, before)| after.saturating_sub(before));
+    // Whatever happened, the nodes stop and a Redis server keeps nothing of the run.
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+    #[cfg(feature = "store-redis")]
+    if run.store == "redis"
+        && let Some(url) = redis
+    {
+        for name in ["a", "b"] {
+            let dataset = format!("bench-{name}-{}", std::process::id());
+            syncline_store_redis::RedisStore::open(url, &dataset)
+                .await?
+                .destroy()
+                .await?;
+        }
+    }
+    let result = result?;
     let latency = !result.p99.is_zero();
     let record = Record {
         transport: run.transport.clone(),
@@ -190,20 +179,44 @@ pub(crate) async fn run(args: &super::BenchArgs, run: &RunId) -> anyhow::Result<
         error: None,
         samples: Vec::new(),
     };
-    a.node.shutdown().await;
-    b.node.shutdown().await;
-    #[cfg(feature = "store-redis")]
-    if run.store == "redis"
-        && let Some(url) = redis
-    {
-        for name in ["a", "b"] {
-            let dataset = format!("bench-{name}-{}", std::process::id());
-            syncline_store_redis::RedisStore::open(url, &dataset)
-                .await?
-                .destroy()
-                .await?;
-        }
-    }
     println!("{}", serde_json::to_string(&record)?);
     Ok(())
+}
+
+/// Connects the pair as `run`'s workload needs and runs it.
+async fn workload(
+    args: &super::BenchArgs,
+    run: &RunId,
+    pair: &Pair,
+    a: &Side,
+    b: &Side,
+) -> anyhow::Result<workloads::RunResult> {
+    Ok(match run.workload.as_str() {
+        "one-way" => {
+            add(a, b, SyncMode::Push).await?;
+            workloads::one_way(
+                pair,
+                &OneWay {
+                    ops: args.ops,
+                    ..OneWay::default()
+                },
+            )
+            .await?
+        }
+        "both-ways" => {
+            add(a, b, SyncMode::PingPong).await?;
+            workloads::both_ways(pair, args.ops).await?
+        }
+        "steady" => {
+            add(a, b, SyncMode::Push).await?;
+            // Let the connection settle so the first operations do not pay for the handshake.
+            pair.a
+                .sync()
+                .wait_for_sync("peer", Duration::from_secs(30))
+                .await?;
+            workloads::steady(pair, args.rate, Duration::from_secs_f64(args.duration), 10).await?
+        }
+        "catch-up" => workloads::catch_up(pair, args.ops, &a.url).await?,
+        other => bail!("unknown workload {other:?}"),
+    })
 }
