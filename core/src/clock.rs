@@ -168,11 +168,14 @@ impl HlcClock {
         let now = self.clock.now_millis();
         let limit = now.saturating_add(self.max_drift.as_millis() as u64);
         if remote.millis > limit {
-            return Err(Error::invalid(format!(
-                "timestamp {remote} is {} ms ahead of this reactor's clock; the limit is {} ms",
-                remote.millis - now,
-                self.max_drift.as_millis()
-            )));
+            return Err(Error::new(
+                crate::error::ErrorKind::ClockDrift,
+                format!(
+                    "timestamp {remote} is {} ms ahead of this reactor's clock; the limit is {} ms",
+                    remote.millis - now,
+                    self.max_drift.as_millis()
+                ),
+            ));
         }
         Ok(())
     }

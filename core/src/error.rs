@@ -31,6 +31,8 @@ pub enum ErrorKind {
     TooLarge,
     /// An operation's content hash does not match its content.
     HashMismatch,
+    /// A timestamp is further ahead of the receiver's clock than its drift limit allows.
+    ClockDrift,
     /// The peer or service cannot be reached right now.
     Unavailable,
     /// The request got no answer in time; its outcome is unknown.
@@ -76,6 +78,7 @@ impl ErrorKind {
             ErrorKind::Malformed => "malformed",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::HashMismatch => "hash_mismatch",
+            ErrorKind::ClockDrift => "clock_drift",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Closed => "closed",

@@ -49,6 +49,10 @@ pub enum Event {
         /// The queue's bound.
         queue_capacity: usize,
     },
+    /// Operations were left out of (or put back into) the document view: an authority refused
+    /// them (or applied them after all). Each entry is the strand and the operation's sort key,
+    /// from which the view refolds.
+    ViewChanged(Arc<Vec<(crate::types::StrandId, crate::types::SortKey)>>),
     /// A job finished (`error` is `None` on success).
     JobCompleted {
         /// The job.

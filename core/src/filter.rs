@@ -160,7 +160,9 @@ impl Filter {
 pub struct ReadFilter {
     /// The remote's or listener's filter.
     pub filter: Filter,
-    /// Skip operations that came from, or were created by, this peer (no echo).
+    /// Skip operations received from this peer (no echo by knowledge: it sent them, so it
+    /// holds them). The unauthenticated `origin` field decides nothing: a peer that forges
+    /// another reactor's origin cannot keep that reactor from receiving the operation.
     pub exclude_peer: Option<ReactorId>,
     /// Scopes that never leave this reactor (`local` plus any configured as private).
     pub private_scopes: Arc<[String]>,
@@ -185,7 +187,7 @@ impl ReadFilter {
     pub fn matches(&self, stored: &StoredOp) -> bool {
         let op = &stored.op;
         if let Some(peer) = &self.exclude_peer
-            && (&op.origin == peer || stored.source.as_ref() == Some(peer))
+            && stored.source.as_ref() == Some(peer)
         {
             return false;
         }
@@ -250,5 +252,15 @@ mod tests {
             Arc::from(vec![]),
         );
         assert!(rf_c.matches(&from_b));
+        // An operation claiming origin c that b sent us still goes to c: only what c itself
+        // sent us is known to be there.
+        let mut forged = op("d", "global", "main");
+        forged.origin = ReactorId::new("c").unwrap();
+        let forged = StoredOp {
+            ordinal: Ordinal(3),
+            op: Arc::new(forged),
+            source: Some(ReactorId::new("b").unwrap()),
+        };
+        assert!(rf_c.matches(&forged));
     }
 }

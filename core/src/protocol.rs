@@ -28,7 +28,7 @@ use crate::types::{
 };
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the binary frame header.
 pub const HEADER_LEN: usize = 16;
 const MAGIC: &[u8; 2] = b"SY";
@@ -127,6 +127,19 @@ pub struct Ack {
     pub listener_id: String,
     /// The applied position.
     pub cursor: Ordinal,
+    /// Operations of the pulled range the caller refused (it moved its cursor past them).
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
+}
+
+/// A receiver's permanent verdict on one operation it did not apply: why it refused it
+/// (permission, clock drift, hash, size). It travels back to the sender, which records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The refused operation.
+    pub id: OpId,
+    /// The reason.
+    pub error: WireError,
 }
 
 /// The acknowledgement was recorded.
@@ -155,6 +168,10 @@ pub struct Pushed {
     pub duplicates: u32,
     /// The receiver's last ordinal after the commit (its revision).
     pub head: Ordinal,
+    /// Operations of the batch the receiver refused, each with its reason; every other one
+    /// was applied (or was a duplicate).
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
 }
 
 /// Asks which strands the responder has that the caller may see (discovery).
@@ -781,6 +798,13 @@ mod tests {
             applied: 2,
             duplicates: 1,
             head: Ordinal(9),
+            refused: vec![Refusal {
+                id: ops[2].id,
+                error: WireError {
+                    kind: "permission_denied".into(),
+                    message: "no".into(),
+                },
+            }],
         };
         let filter = Filter::documents(["a/*"]).with_scopes(["global"]);
         let bodies = vec![
@@ -817,6 +841,7 @@ mod tests {
             Body::Request(Request::Ack(Ack {
                 listener_id: "l".into(),
                 cursor: Ordinal(4),
+                refused: vec![],
             })),
             Body::Request(Request::Push(push.clone())),
             Body::Request(Request::Directory(Directory { filter })),

@@ -46,6 +46,12 @@ pub struct ReactorConfig {
     pub sync: SyncConfig,
 }
 
+/// How far ahead of our clock a received timestamp may be by default: five minutes. Enough for
+/// machines whose clocks are kept by NTP (off by milliseconds to seconds) or drift for a day
+/// without it; small enough that one peer cannot drag every reactor's clock by hours
+/// (`docs/protocol.md`, "Clocks").
+pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_secs(300);
+
 impl Default for ReactorConfig {
     fn default() -> Self {
         ReactorConfig {
@@ -54,7 +60,7 @@ impl Default for ReactorConfig {
             max_submit_actions: 10_000,
             snapshot_every: 512,
             max_cached_views: 4096,
-            max_clock_drift: Duration::from_secs(3600),
+            max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             sync: SyncConfig::default(),
         }
     }
@@ -184,13 +190,21 @@ impl ReactorBuilder {
         let bus = Arc::new(EventBus::new());
         let queue = Arc::new(Queue::new(self.config.queue_capacity));
         let hlc = Arc::new(HlcClock::new(self.clock, self.config.max_clock_drift));
+        // The clock resumes after the highest timestamp the store holds, so an operation made
+        // after a restart never sorts before one this reactor already stored (ours or a
+        // peer's), whatever the wall clock says.
+        if let Some(highest) = store.heads().await?.iter().map(|h| h.last.timestamp).max() {
+            hlc.observe(highest);
+        }
         let models = Arc::new(self.models);
+        let exclusions = Arc::new(crate::exclusions::Exclusions::default());
         let view = DocumentView::new(
             store.clone(),
             models.clone(),
             &bus,
             self.config.snapshot_every,
             self.config.max_cached_views,
+            exclusions.clone(),
         );
         let executor = JobExecutor {
             queue: queue.clone(),
@@ -219,6 +233,7 @@ impl ReactorBuilder {
             permissions: self.permissions,
             transports: self.transports.clone(),
             config: self.config.sync.clone(),
+            exclusions,
         })
         .await;
         let sync = match sync {
@@ -344,7 +359,19 @@ impl Reactor {
             ));
         }
         let model = self.0.models.get(&submission.document_type)?;
+        let max_bytes = self.0.config.sync.max_action_bytes;
         for (i, a) in submission.actions.iter().enumerate() {
+            let bytes = json_len(&a.input);
+            if bytes > max_bytes {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "action {i} ({}) on {} has an input of {bytes} bytes; the limit \
+                         (sync.max_action_bytes) is {max_bytes}",
+                        a.action_type, submission.strand
+                    ),
+                ));
+            }
             model
                 .validate(a.action_type.as_str(), &a.input)
                 .map_err(|e| {
@@ -430,4 +457,21 @@ impl Reactor {
         *self.0.tasks.lock() = TaskGroup::default();
         self.0.sync.shutdown(Duration::ZERO).await;
     }
+}
+
+/// The length of a value's JSON text, without building it.
+fn json_len(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }

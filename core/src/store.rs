@@ -34,16 +34,19 @@ pub enum MetaSpace {
     DeadLetters,
     /// Node-level records (identity, format version).
     Node,
+    /// Operations a peer refused, by `<op id>/<peer>`.
+    Refusals,
 }
 
 impl MetaSpace {
     /// Every space, for stores that create one table each.
-    pub const ALL: [MetaSpace; 5] = [
+    pub const ALL: [MetaSpace; 6] = [
         MetaSpace::Remotes,
         MetaSpace::Cursors,
         MetaSpace::Listeners,
         MetaSpace::DeadLetters,
         MetaSpace::Node,
+        MetaSpace::Refusals,
     ];
 
     /// A stable short name, used in table and key names.
@@ -54,6 +57,7 @@ impl MetaSpace {
             MetaSpace::Listeners => "listeners",
             MetaSpace::DeadLetters => "dead_letters",
             MetaSpace::Node => "node",
+            MetaSpace::Refusals => "refusals",
         }
     }
 }

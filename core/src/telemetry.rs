@@ -81,6 +81,17 @@ pub(crate) fn dead_letter(remote: &str) {
     counter!("syncline_dead_letters_total", "remote" => remote.to_owned()).increment(1);
 }
 
+/// Received operations this reactor refused, by reason (the error kind) and how they came
+/// (`push` or `pull`).
+pub(crate) fn ops_refused(how: &'static str, kind: &'static str, n: usize) {
+    counter!("syncline_ops_refused_total", "via" => how, "reason" => kind).increment(n as u64);
+}
+
+/// Operations of ours a peer refused, by reason.
+pub(crate) fn ops_refused_by_peer(kind: &str, n: usize) {
+    counter!("syncline_ops_refused_by_peer_total", "reason" => kind.to_owned()).increment(n as u64);
+}
+
 /// Lag of a remote, in operations.
 pub(crate) fn lag(remote: &str, outbox: u64, inbox: u64) {
     gauge!("syncline_outbox_lag_ops", "remote" => remote.to_owned()).set(outbox as f64);
@@ -207,6 +218,16 @@ pub fn describe() {
         "syncline_dead_letters_total",
         Unit::Count,
         "Batches given up and kept as dead letters."
+    );
+    describe_counter!(
+        "syncline_ops_refused_total",
+        Unit::Count,
+        "Received operations this reactor refused, by reason and how they came (push, pull)."
+    );
+    describe_counter!(
+        "syncline_ops_refused_by_peer_total",
+        Unit::Count,
+        "Operations of ours that a peer refused, by reason."
     );
     describe_gauge!(
         "syncline_outbox_lag_ops",

@@ -544,6 +544,25 @@ impl Operation {
     }
 }
 
+/// Bytes an operation takes in a frame besides its names and input, with room to spare in
+/// either codec (ids, hash, timestamp, field names and lengths).
+pub const OPERATION_WIRE_OVERHEAD: usize = 512;
+
+impl Operation {
+    /// An upper bound of the bytes this operation takes in a binary or JSON frame (the input is
+    /// JSON text carried as is in both), used to cut batches to fit the frame limit.
+    pub fn wire_size(&self) -> usize {
+        OPERATION_WIRE_OVERHEAD
+            + self.action.input.as_bytes().len()
+            + self.document_id.as_str().len()
+            + self.document_type.as_str().len()
+            + self.scope.as_str().len()
+            + self.branch.as_str().len()
+            + self.action.action_type.as_str().len()
+            + self.origin.as_str().len()
+    }
+}
+
 /// Orders two operations canonically.
 pub fn canonical_cmp(a: &Operation, b: &Operation) -> Ordering {
     a.sort_key().cmp(&b.sort_key())

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::clock::Hlc;
 use crate::error::Result;
 use crate::events::{Event, EventBus};
+use crate::exclusions::Exclusions;
 use crate::model::ModelRegistry;
 use crate::store::DynStore;
 use crate::types::{ActionType, DocumentType, OpId, ReactorId, SortKey, StrandId};
@@ -57,6 +58,9 @@ pub struct ViewOp {
     /// Why it had no effect, if it errored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the view leaves it out because an authority refused it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub excluded: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +95,7 @@ pub struct DocumentView {
     dirty: Dirty,
     snapshot_every: u64,
     max_cached: usize,
+    exclusions: Arc<Exclusions>,
 }
 
 impl DocumentView {
@@ -101,12 +106,25 @@ impl DocumentView {
         bus: &EventBus,
         snapshot_every: u64,
         max_cached: usize,
+        exclusions: Arc<Exclusions>,
     ) -> Self {
         let dirty: Dirty = Arc::default();
         let d = dirty.clone();
         bus.on(move |event| {
-            let Event::OperationsWritten(w) = event else {
-                return;
+            let w = match event {
+                Event::OperationsWritten(w) => w,
+                Event::ViewChanged(changed) => {
+                    let mut map = d.lock();
+                    for (strand, key) in changed.iter() {
+                        if let Some(mark) = map.get_mut(strand)
+                            && mark.is_none_or(|m| *key < m)
+                        {
+                            *mark = Some(*key);
+                        }
+                    }
+                    return;
+                }
+                _ => return,
             };
             let mut map = d.lock();
             if map.is_empty() {
@@ -130,6 +148,7 @@ impl DocumentView {
             dirty,
             snapshot_every: snapshot_every.max(1),
             max_cached: max_cached.max(1),
+            exclusions,
         }
     }
 
@@ -175,6 +194,12 @@ impl DocumentView {
                 break;
             }
             for op in &ops {
+                let key = op.sort_key();
+                if self.exclusions.contains(&op.id) {
+                    // Refused by an authority: in the log, not in the document.
+                    c.last = Some(key);
+                    continue;
+                }
                 if c.document_type.is_none() {
                     c.document_type = Some(op.document_type.clone());
                 }
@@ -185,7 +210,6 @@ impl DocumentView {
                         .map(|m| m.initial_state())
                         .unwrap_or(Value::Object(Default::default()));
                 }
-                let key = op.sort_key();
                 let result = match self.models.get(&op.document_type) {
                     Ok(model) => match op.action.input.to_value() {
                         Ok(input) => {
@@ -260,6 +284,7 @@ impl DocumentView {
                     input: op.action.input.to_value().unwrap_or(Value::Null),
                     origin: op.origin.clone(),
                     error: c.errors.get(&key).cloned(),
+                    excluded: self.exclusions.contains(&op.id),
                 });
                 after = Some(key);
             }

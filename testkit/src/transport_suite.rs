@@ -346,6 +346,7 @@ pub async fn bad_frames_get_clear_errors(h: &dyn TransportHarness) -> Result<()>
     let max = 256 * 1024;
     let mut config = suite_config();
     config.sync.max_frame_bytes = max;
+    config.sync.max_action_bytes = max / 4;
     let b = h.start("b", Arc::new(MemoryStore::new()), config).await?;
     let url = syncline_core::transport::parse_url(&b.url)?;
     let dialer = h.dialer();
@@ -503,12 +504,72 @@ pub async fn both_sides_push_on_one_connection(h: &dyn TransportHarness) -> Resu
     Ok(())
 }
 
+/// Operations from a few bytes up to the per-action limit sync both ways although a batch of
+/// them by count would be many times the frame limit: every batch (push, pull response,
+/// piggybacked push) is cut to fit in bytes. One action over the limit is refused at
+/// submission, naming the limit.
+pub async fn large_operations_sync(h: &dyn TransportHarness) -> Result<()> {
+    let mut config = suite_config();
+    config.sync.max_frame_bytes = 1 << 20;
+    config.sync.max_action_bytes = 256 << 10;
+    let a = h
+        .start("a", Arc::new(MemoryStore::new()), config.clone())
+        .await?;
+    let b = h
+        .start("b", Arc::new(MemoryStore::new()), config.clone())
+        .await?;
+    // Input sizes from tiny to just under the limit (the JSON around the string is < 64 bytes).
+    let sizes: Vec<usize> = [0, 1, 100, 10_000, 100_000]
+        .into_iter()
+        .chain(std::iter::repeat_n((256 << 10) - 64, 12))
+        .collect();
+    for (r, doc) in [(&a.reactor, "big-a"), (&b.reactor, "big-b")] {
+        for (i, n) in sizes.iter().enumerate() {
+            let sub = syncline_core::Submission::json(
+                doc,
+                [(
+                    "set",
+                    serde_json::json!({"path": format!("/k{i}"), "value": "x".repeat(*n)}),
+                )],
+            )?;
+            r.submit(sub).await?;
+        }
+        let too_big = syncline_core::Submission::json(
+            doc,
+            [(
+                "set",
+                serde_json::json!({"path": "/big", "value": "x".repeat(256 << 10)}),
+            )],
+        )?;
+        let err = r.submit(too_big).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+        assert!(err.message().contains("sync.max_action_bytes"), "{err}");
+    }
+    a.reactor
+        .sync()
+        .add_remote(remote("b", &b.url, SyncMode::PingPong)?)
+        .await?;
+    let total = 2 * sizes.len();
+    wait_for_count(&[&a.reactor, &b.reactor], total as u64, WAIT)
+        .await
+        .map_err(|e| syncline_core::Error::internal(format!("{}: {e}", h.name())))?;
+    a.reactor.sync().wait_for_sync("b", WAIT).await?;
+    same_views(&a.reactor, &b.reactor, &["big-a", "big-b"]).await?;
+    assert_eq!(no_duplicates(&a.reactor).await?, total);
+    assert_eq!(no_duplicates(&b.reactor).await?, total);
+    assert!(a.reactor.sync().dead_letters().await?.is_empty());
+    a.crash().await;
+    b.crash().await;
+    Ok(())
+}
+
 /// Runs every check.
 pub async fn run(h: &dyn TransportHarness) -> Result<()> {
     for mode in [SyncMode::Push, SyncMode::Pull, SyncMode::PingPong] {
         two_reactors_both_ways(h, mode).await?;
     }
     three_reactors(h).await?;
+    large_operations_sync(h).await?;
     if h.duplex() {
         both_sides_push_on_one_connection(h).await?;
     }

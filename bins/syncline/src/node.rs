@@ -115,8 +115,32 @@ struct Transports {
 static MEMORY: std::sync::LazyLock<syncline_transport_memory::MemoryNetwork> =
     std::sync::LazyLock::new(syncline_transport_memory::MemoryNetwork::new);
 
+/// The node's secret for QUIC stateless resets, made once and kept in the store, so that a
+/// restarted listener can tell diallers at once that their old connection is gone.
+#[cfg(feature = "transport-quic")]
+async fn quic_reset_key(store: &DynStore) -> anyhow::Result<[u8; 32]> {
+    use rand::{Rng, SeedableRng};
+    use syncline_core::store::{MetaSpace, MetaWrite};
+    const KEY: &str = "quic_reset_key";
+    if let Some(v) = store.get_meta(MetaSpace::Node, KEY).await?
+        && let Ok(k) = <[u8; 32]>::try_from(v.as_ref())
+    {
+        return Ok(k);
+    }
+    let key: [u8; 32] = rand::rngs::StdRng::from_os_rng().random();
+    store
+        .write_meta(vec![MetaWrite::put(MetaSpace::Node, KEY, key.to_vec())])
+        .await
+        .context("storing the QUIC reset secret")?;
+    Ok(key)
+}
+
 #[cfg_attr(not(feature = "transport-http"), allow(unused_variables))]
-fn transports(config: &Config, plugins: &crate::plugins::Loaded) -> anyhow::Result<Transports> {
+async fn transports(
+    config: &Config,
+    plugins: &crate::plugins::Loaded,
+    store: &DynStore,
+) -> anyhow::Result<Transports> {
     let mut registry = TransportRegistry::new();
     #[cfg(feature = "transport-memory")]
     registry.register(MEMORY.transport(&config.node_id));
@@ -141,6 +165,7 @@ fn transports(config: &Config, plugins: &crate::plugins::Loaded) -> anyhow::Resu
                 ca: q.ca.clone(),
                 insecure: q.insecure,
                 max_frame_bytes: config.sync.max_frame_bytes,
+                reset_key: Some(quic_reset_key(store).await?),
                 ..Default::default()
             },
         ));
@@ -189,7 +214,7 @@ impl Node {
         } else {
             None
         };
-        let transports = transports(&config, &plugins)?;
+        let transports = transports(&config, &plugins, &store).await?;
         let reactor = Reactor::builder(ReactorId::new(&config.node_id)?)
             .store(store)
             .transports(transports.registry.clone())

@@ -26,6 +26,7 @@ use crate::clock::HlcClock;
 use crate::entropy::Entropy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventBus};
+use crate::exclusions::Exclusions;
 use crate::filter::{Filter, ReadFilter};
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
@@ -33,12 +34,12 @@ use crate::scheduler::Scheduler;
 use crate::session::{Session, SessionHandler, SessionLimits};
 use crate::store::DynStore;
 use crate::transport::{Link, TransportRegistry, parse_url};
-use crate::types::{Ordinal, ReactorId, RemoteName, StrandHead};
+use crate::types::{Ordinal, ReactorId, RemoteName, StrandHead, StrandId};
 
 use remote::RemoteShared;
 pub use remote::TaskGroup;
 use responder::Responder;
-pub use state::{DeadLetter, Direction, ListenerRecord, RemoteRecord, SyncState};
+pub use state::{DeadLetter, Direction, ListenerRecord, RefusalRecord, RemoteRecord, SyncState};
 
 /// The URL scheme of remotes reached over a connection the peer opened to us:
 /// `peer://<reactor id>`. Both reactors then push (and pull) on that one connection, which is how
@@ -88,6 +89,11 @@ pub struct RemoteConfig {
     /// A bearer token presented in `Hello`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
+    /// The documents this remote is the authority for (seed 004's Switchboard): when it
+    /// refuses one of our operations in them, our document view leaves the operation out, so
+    /// that we converge on the authority's state. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<Filter>,
 }
 
 impl RemoteConfig {
@@ -99,6 +105,7 @@ impl RemoteConfig {
             mode: SyncMode::PingPong,
             filter: Filter::all(),
             credentials: None,
+            authority: None,
         })
     }
 
@@ -120,9 +127,30 @@ impl RemoteConfig {
             .map_err(|e| Error::invalid(format!("remote {}: {}", self.name, e.message())))?;
         self.filter
             .validate()
-            .map_err(|e| Error::invalid(format!("remote {}: {}", self.name, e.message())))
+            .map_err(|e| Error::invalid(format!("remote {}: {}", self.name, e.message())))?;
+        if let Some(a) = &self.authority {
+            a.validate().map_err(|e| {
+                Error::invalid(format!("remote {} authority: {}", self.name, e.message()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether this remote is the authority for the strand.
+    pub fn is_authority_for(&self, strand: &StrandId, document_type: &str) -> bool {
+        self.authority.as_ref().is_some_and(|a| {
+            a.matches_strand(
+                strand.document_id.as_str(),
+                document_type,
+                strand.scope.as_str(),
+                strand.branch.as_str(),
+            )
+        })
     }
 }
+
+/// The default largest action input: 1 MiB.
+pub const DEFAULT_MAX_ACTION_BYTES: usize = 1 << 20;
 
 /// Tuning of the sync manager.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,8 +173,12 @@ pub struct SyncConfig {
     pub reconnect: RetryPolicy,
     /// Scopes that never leave the reactor, besides `local`.
     pub private_scopes: Vec<String>,
-    /// Largest frame sent or accepted.
+    /// Largest frame sent or accepted. Batches (pushes, pull responses, piggybacked pushes)
+    /// are cut to fit in seven eighths of it.
     pub max_frame_bytes: usize,
+    /// Largest action input (its JSON text) accepted at submission or from a peer; at most half
+    /// of `max_frame_bytes`, so any operation fits in a batch alone.
+    pub max_action_bytes: usize,
     /// Most concurrent requests served per session.
     pub max_concurrent_requests: usize,
     /// When a ping-pong remote carries pushes inside its pulls (seed 000's optimisation).
@@ -188,6 +220,7 @@ impl Default for SyncConfig {
             },
             private_scopes: Vec::new(),
             max_frame_bytes: 32 << 20,
+            max_action_bytes: DEFAULT_MAX_ACTION_BYTES,
             max_concurrent_requests: 64,
             piggyback: Piggyback::NonDuplex,
             long_poll: true,
@@ -205,6 +238,7 @@ impl SyncConfig {
             ("pull_batch_ops", self.pull_batch_ops),
             ("max_batch_ops", self.max_batch_ops),
             ("max_frame_bytes", self.max_frame_bytes),
+            ("max_action_bytes", self.max_action_bytes),
             ("max_concurrent_requests", self.max_concurrent_requests),
         ];
         for (k, v) in positive {
@@ -219,11 +253,24 @@ impl SyncConfig {
                 self.push_batch_ops, self.pull_batch_ops, self.max_batch_ops
             )));
         }
+        if self.max_action_bytes > self.max_frame_bytes / 2 {
+            return Err(Error::invalid(format!(
+                "sync.max_action_bytes ({}) must be at most half of sync.max_frame_bytes ({}), \
+                 so that any operation fits in a batch",
+                self.max_action_bytes, self.max_frame_bytes
+            )));
+        }
         if self.request_timeout.is_zero() {
             return Err(Error::invalid("sync.request_timeout must be positive"));
         }
         self.retry.validate("sync.retry")?;
         self.reconnect.validate("sync.reconnect")
+    }
+
+    /// The bytes a batch of operations may take: seven eighths of the frame limit, leaving room
+    /// for the envelope and, in a pull, the result of a piggybacked push.
+    pub fn batch_bytes(&self) -> usize {
+        self.max_frame_bytes - self.max_frame_bytes / 8
     }
 
     pub(crate) fn limits(&self) -> SessionLimits {
@@ -300,8 +347,12 @@ pub struct RemoteStatus {
     pub last_success_ms: Option<u64>,
     /// Last failure.
     pub last_failure: Option<Failure>,
-    /// Dead letters kept for this remote.
+    /// Dead letters kept for this remote: batches holding operations it refused.
     pub dead_letters: usize,
+    /// Whether the remote holds everything we hold for it and we hold what it has for us:
+    /// connected, nothing unsent or in flight, no dead letter (no refused operation), and the
+    /// last pull found nothing more.
+    pub in_sync: bool,
 }
 
 /// The status of every remote and of the responder.
@@ -351,6 +402,8 @@ pub(crate) struct SyncContext {
     pub(crate) written: tokio::sync::Notify,
     /// Welcomed sessions peers opened to us, by peer (for `peer://` remotes).
     pub(crate) inbound: watch::Sender<BTreeMap<ReactorId, Session>>,
+    /// Operations an authority refused, left out of the document view.
+    pub(crate) exclusions: Arc<Exclusions>,
 }
 
 impl SyncContext {
@@ -366,6 +419,46 @@ impl SyncContext {
         ReadFilter::for_peer(filter.clone(), peer, self.private_scopes.clone())
     }
 
+    /// Whether `by` is, through one of our remotes, the authority for the refused operation.
+    fn is_authority(&self, records: &[RemoteRecord], r: &RefusalRecord) -> bool {
+        records.iter().any(|rec| {
+            rec.peer.as_ref() == Some(&r.by)
+                && rec
+                    .config
+                    .is_authority_for(&r.strand, r.document_type.as_str())
+        })
+    }
+
+    /// Takes refusals that are now durably recorded: those by an authority leave the document
+    /// view.
+    pub(crate) fn refusals_recorded(&self, refusals: &[RefusalRecord]) {
+        let records: Vec<RemoteRecord> = self.remotes.read().values().map(|r| r.record()).collect();
+        let changed: Vec<_> = refusals
+            .iter()
+            .filter(|r| self.is_authority(&records, r) && self.exclusions.insert(r.op))
+            .map(|r| (r.strand.clone(), r.key))
+            .collect();
+        if !changed.is_empty() {
+            tracing::info!(
+                operations = changed.len(),
+                "an authority refused operations; the document view leaves them out"
+            );
+            self.bus.emit(&Event::ViewChanged(Arc::new(changed)));
+        }
+    }
+
+    /// Refused operations that the peer applied after all (a requeue): back into the view.
+    pub(crate) fn refusals_cleared(&self, ops: &[Arc<crate::types::Operation>]) {
+        let changed: Vec<_> = ops
+            .iter()
+            .filter(|op| self.exclusions.remove(&op.id))
+            .map(|op| (op.strand(), op.sort_key()))
+            .collect();
+        if !changed.is_empty() {
+            self.bus.emit(&Event::ViewChanged(Arc::new(changed)));
+        }
+    }
+
     /// The names of remotes whose peer is `peer`.
     pub(crate) fn remotes_of(&self, peer: &ReactorId) -> Vec<Arc<RemoteShared>> {
         self.remotes
@@ -375,6 +468,26 @@ impl SyncContext {
             .cloned()
             .collect()
     }
+}
+
+/// Keeps the longest prefix of a feed page whose operations fit in `budget` bytes on the wire
+/// (always at least one), and returns it with the feed position it covers: the page's end if
+/// nothing was cut, else the last kept operation (the next read starts after it).
+pub(crate) fn cut_to_bytes(
+    mut ops: Vec<crate::types::StoredOp>,
+    scanned_to: Ordinal,
+    budget: usize,
+) -> (Vec<crate::types::StoredOp>, Ordinal, bool) {
+    let mut used = 0usize;
+    for i in 0..ops.len() {
+        used = used.saturating_add(ops[i].op.wire_size());
+        if used > budget && i > 0 {
+            let to = ops[i - 1].ordinal;
+            ops.truncate(i);
+            return (ops, to, true);
+        }
+    }
+    (ops, scanned_to, false)
 }
 
 /// Everything needed to build a sync manager.
@@ -400,6 +513,8 @@ pub struct SyncParts {
     pub transports: TransportRegistry,
     /// Tuning.
     pub config: SyncConfig,
+    /// Operations the document view leaves out (refused by an authority).
+    pub exclusions: Arc<Exclusions>,
 }
 
 /// Owns the remotes and serves peers.
@@ -435,7 +550,18 @@ impl SyncManager {
             remotes: RwLock::new(BTreeMap::new()),
             inbound: watch::channel(BTreeMap::new()).0,
             written: tokio::sync::Notify::new(),
+            exclusions: parts.exclusions,
         });
+        // Refusals by authorities recorded before this start keep their operations out of the
+        // view.
+        {
+            let records = ctx.state.remotes().await?;
+            for r in ctx.state.refusals().await? {
+                if ctx.is_authority(&records, &r) {
+                    ctx.exclusions.insert(r.op);
+                }
+            }
+        }
         let (responder, responder_tasks) = Responder::start(ctx.clone()).await?;
         let weak = Arc::downgrade(&ctx);
         ctx.bus.on(move |event| {
@@ -600,7 +726,29 @@ impl SyncManager {
         )
         .await;
         match done {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                let s = remote.status_now();
+                if s.dead_letters == 0 {
+                    return Ok(());
+                }
+                // Delivered, but not everything was taken: say so, with the first reason.
+                let letters = self.ctx.state.dead_letters().await?;
+                let first = letters.iter().find(|d| d.remote == remote.config.name);
+                let kind = first
+                    .map(|d| Error::from(d.error.clone()).kind())
+                    .unwrap_or(ErrorKind::Internal);
+                Err(Error::new(
+                    kind,
+                    format!(
+                        "remote {name} is not in sync: it refused operations kept in {} dead \
+                         letter(s){}",
+                        s.dead_letters,
+                        first
+                            .map(|d| format!("; first: {}", d.error.message))
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
             Ok(Err(_)) => Err(Error::closed(format!("remote {name} was stopped"))),
             Err(_) => {
                 let s = remote.status_now();
@@ -626,6 +774,11 @@ impl SyncManager {
     /// All dead letters.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         self.ctx.state.dead_letters().await
+    }
+
+    /// Every recorded refusal of our operations by a peer.
+    pub async fn refusals(&self) -> Result<Vec<RefusalRecord>> {
+        self.ctx.state.refusals().await
     }
 
     /// Sends a dead letter's batch again; it is deleted once the remote applied it.

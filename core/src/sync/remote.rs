@@ -29,7 +29,8 @@ use url::Url;
 
 use super::cell::Cell;
 use super::responder::Responder;
-use super::state::{DeadLetter, Direction, RemoteRecord, SyncState};
+use super::responder::Verdicts;
+use super::state::{DeadLetter, Direction, RefusalRecord, RemoteRecord, SyncState};
 use super::window::OutboxWindow;
 use super::{ConnectionState, Failure, Piggyback, RemoteConfig, RemoteStatus, SyncContext};
 use crate::channel::{Channel, JobHandle, JobStatus, PullJobHandle};
@@ -37,7 +38,7 @@ use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::events::OperationsWritten;
 use crate::filter::Filter;
 use crate::protocol::{
-    Ack, Directory, Hello, Notification, PROTOCOL_VERSION, Pull, Push, PushResult, Pushed,
+    Ack, Directory, Hello, Notification, PROTOCOL_VERSION, Pull, Push, PushResult, Pushed, Refusal,
     Register, Request, Response, StrandUpdate,
 };
 use crate::queue::JobKind;
@@ -139,6 +140,9 @@ pub(crate) struct RemoteShared {
     draining: AtomicBool,
     inbox_cursor: AtomicU64,
     piggy: Mutex<VecDeque<Piggy>>,
+    /// Refusals of pulled operations not yet reported to the remote (they ride on the next
+    /// acknowledgement that goes through).
+    unreported: Mutex<Vec<Refusal>>,
 }
 
 impl fmt::Debug for RemoteShared {
@@ -220,6 +224,7 @@ impl RemoteShared {
             draining: AtomicBool::new(false),
             inbox_cursor: AtomicU64::new(inbox.0),
             piggy: Mutex::new(VecDeque::new()),
+            unreported: Mutex::new(Vec::new()),
             config,
         });
         let mut tasks = TaskGroup::default();
@@ -243,6 +248,10 @@ impl RemoteShared {
         self.record.lock().peer.clone()
     }
 
+    pub(crate) fn record(&self) -> RemoteRecord {
+        self.record.lock().clone()
+    }
+
     /// Whether this remote pushes and is connected.
     pub(crate) fn pushes_live(&self) -> bool {
         self.config.mode.pushes()
@@ -261,6 +270,10 @@ impl RemoteShared {
         if self.config.mode.pushes() {
             s.outbox_lag = self.ctx.head().0.saturating_sub(s.outbox_cursor.0);
         }
+        s.in_sync = s.connection == ConnectionState::Connected
+            && s.dead_letters == 0
+            && (!self.config.mode.pushes() || (s.outbox_lag == 0 && s.in_flight == 0))
+            && (!self.config.mode.pulls() || (s.last_caught_up_pull > 0 && s.inbox_lag == 0));
         s
     }
 
@@ -592,16 +605,19 @@ impl RemoteShared {
                 if page.scanned_to <= read_pos {
                     break;
                 }
-                let (from, to) = (read_pos, page.scanned_to);
+                // Cut the batch to fit the frame limit in bytes as well as in count.
+                let (page_ops, to, _) =
+                    super::cut_to_bytes(page.ops, page.scanned_to, self.ctx.config.batch_bytes());
+                let from = read_pos;
                 read_pos = to;
-                if page.ops.is_empty() {
+                if page_ops.is_empty() {
                     if let Some(c) = window.skip(from, to) {
                         self.commit_outbox(c, &saver);
                     }
                     continue;
                 }
                 window.open(from, to);
-                let ops: Vec<Arc<Operation>> = page.ops.into_iter().map(|s| s.op).collect();
+                let ops: Vec<Arc<Operation>> = page_ops.into_iter().map(|s| s.op).collect();
                 let handle = JobHandle::new(self.ctx.entropy.job_id(), ops, (from, to));
                 self.channel.outbox.push(handle.clone());
                 inflight.push(Box::pin(self.clone().deliver(handle, false)));
@@ -642,7 +658,11 @@ impl RemoteShared {
         }
     }
 
-    /// Pushes one batch until it is applied, dead-lettered, or the remote stops.
+    /// Pushes one batch until the remote answered it (every operation applied or refused) or
+    /// the remote stops. Failures of the whole batch (network, session, timeout, or an error
+    /// answer) are retried with backoff for as long as the remote exists: only per-operation
+    /// refusals end in a dead letter, and only those let the cursor pass an operation the
+    /// remote does not hold.
     async fn deliver(
         self: Arc<Self>,
         handle: JobHandle,
@@ -656,16 +676,20 @@ impl RemoteShared {
         let n = handle.operations().len();
         let policy = self.ctx.config.retry;
         let mut attempts = 0u32;
-        let error = loop {
+        loop {
             let Some(session) = self.wait_session().await else {
                 return (handle, Delivery::Stopped, requeued);
             };
             let started = Instant::now();
             let err = match self.send_push(&session, &request, handle.id()).await {
-                Ok(request_bytes) => {
+                Ok((pushed, request_bytes)) => {
                     let rtt = started.elapsed();
-                    let _ = handle.advance(JobStatus::Applied);
-                    telemetry::push_done(self.name(), n, request_bytes, "applied", rtt);
+                    let outcome = if pushed.refused.is_empty() {
+                        "applied"
+                    } else {
+                        "refused"
+                    };
+                    telemetry::push_done(self.name(), n, request_bytes, outcome, rtt);
                     self.ctx.scheduler.observe(
                         Some(self.name()),
                         &Signal::PushSent {
@@ -675,10 +699,18 @@ impl RemoteShared {
                         },
                     );
                     self.succeeded();
-                    if requeued {
-                        self.forget_dead_letter(&handle).await;
-                    }
-                    return (handle, Delivery::Applied, requeued);
+                    let delivery = if pushed.refused.is_empty() {
+                        if requeued {
+                            self.forget_dead_letter(&handle).await;
+                        }
+                        Delivery::Applied
+                    } else if self.keep_refusals(&handle, &pushed.refused, requeued).await {
+                        Delivery::DeadLettered
+                    } else {
+                        return (handle, Delivery::Stopped, requeued);
+                    };
+                    let _ = handle.advance(JobStatus::Applied);
+                    return (handle, delivery, requeued);
                 }
                 Err(e) => e,
             };
@@ -691,63 +723,124 @@ impl RemoteShared {
                     rtt: started.elapsed(),
                 },
             );
-            if !err.is_retryable() {
-                break err;
-            }
             // A closed session is the connector's business; only failures on a live session
-            // count against the batch.
+            // count towards the backoff.
             if err.kind() != ErrorKind::Closed {
                 attempts += 1;
             }
-            if policy.exhausted(attempts) {
-                break Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "ChannelNetworkError: batch {} ({n} operations) to remote {} failed \
-                         {attempts} times; last error: {err}",
-                        handle.id(),
-                        self.name()
-                    ),
-                );
+            if attempts > 0 && (!err.is_retryable() || policy.exhausted(attempts)) {
+                // Not a verdict on any operation: keep trying, louder.
+                if attempts.is_power_of_two() {
+                    tracing::warn!(
+                        remote = self.name(), job = %handle.id(), operations = n,
+                        attempts, error = %err,
+                        "a batch keeps failing; it is retried for as long as the remote exists"
+                    );
+                }
+            } else {
+                tracing::debug!(remote = self.name(), error = %err, "push failed; retrying");
             }
             telemetry::retry(self.name(), "push");
             let wait = policy.backoff(attempts.max(1), self.ctx.entropy.unit());
             if !self.sleep_or_stop(wait).await {
                 return (handle, Delivery::Stopped, requeued);
             }
+        }
+    }
+
+    /// Records the remote's refusals of operations of a batch, durably, with a dead letter
+    /// that keeps the refused operations (to requeue them); returns `false` if the remote
+    /// stopped first. Only then may the window pass the batch.
+    async fn keep_refusals(&self, handle: &JobHandle, refused: &[Refusal], requeued: bool) -> bool {
+        let peer = self
+            .peer()
+            .unwrap_or_else(|| ReactorId::new("unknown").expect("a valid id"));
+        let now = self.ctx.now_ms();
+        let mut records = Vec::with_capacity(refused.len());
+        let mut ops = Vec::with_capacity(refused.len());
+        for r in refused {
+            let Some(op) = handle.operations().iter().find(|o| o.id == r.id) else {
+                tracing::warn!(remote = self.name(), op = %r.id, "the remote refused an operation the batch did not hold");
+                continue;
+            };
+            records.push(RefusalRecord::new(
+                op,
+                peer.clone(),
+                Some(self.config.name.clone()),
+                r.error.clone(),
+                now,
+            ));
+            ops.push((**op).clone());
+        }
+        let error = match records.as_slice() {
+            [one] => one.error.clone(),
+            many => WireError {
+                kind: many
+                    .first()
+                    .map(|r| r.error.kind.clone())
+                    .unwrap_or_else(|| "internal".into()),
+                message: format!(
+                    "{} operations refused; first: {}",
+                    many.len(),
+                    many.first().map(|r| r.error.message.as_str()).unwrap_or("")
+                ),
+            },
         };
-        telemetry::push_done(self.name(), n, 0, "dead_letter", Duration::ZERO);
         let letter = DeadLetter {
             id: handle.id().to_string(),
             remote: self.config.name.clone(),
             range: handle.range(),
-            operations: handle.operations().iter().map(|o| (**o).clone()).collect(),
-            error: WireError::from(&error),
-            attempts,
-            failed_at_ms: self.ctx.now_ms(),
+            operations: ops,
+            error,
+            attempts: 1,
+            failed_at_ms: now,
         };
-        // The window may only pass the batch once the dead letter keeps it.
         loop {
-            match self.ctx.state.put_dead_letter(&letter).await {
+            match self.ctx.state.put_refusals(&records, Some(&letter)).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(remote = self.name(), error = %e, "could not store a dead letter");
+                    tracing::warn!(remote = self.name(), error = %e, "could not store refusals");
                     if !self.sleep_or_stop(Duration::from_secs(1)).await {
-                        return (handle, Delivery::Stopped, requeued);
+                        return false;
                     }
                 }
             }
         }
+        if requeued {
+            // What the remote took this time is no longer refused.
+            let accepted: Vec<_> = handle
+                .operations()
+                .iter()
+                .filter(|o| !refused.iter().any(|r| r.id == o.id))
+                .cloned()
+                .collect();
+            self.clear_refusals(&accepted, &peer).await;
+        }
+        self.ctx.refusals_recorded(&records);
+        for r in &records {
+            telemetry::ops_refused_by_peer(&r.error.kind, 1);
+        }
         telemetry::dead_letter(self.name());
         tracing::warn!(
-            remote = self.name(), job = %handle.id(), operations = n, error = %error,
-            "batch dead-lettered"
+            remote = self.name(), job = %handle.id(), refused = records.len(),
+            operations = handle.operations().len(), error = %letter.error.message,
+            "the remote refused operations; they are kept as a dead letter"
         );
         if !requeued {
             self.status.send_modify(|s| s.dead_letters += 1);
         }
-        handle.fail(error);
-        (handle, Delivery::DeadLettered, requeued)
+        true
+    }
+
+    async fn clear_refusals(&self, ops: &[Arc<Operation>], peer: &ReactorId) {
+        if ops.is_empty() {
+            return;
+        }
+        let ids: Vec<_> = ops.iter().map(|o| o.id).collect();
+        if let Err(e) = self.ctx.state.delete_refusals(&ids, peer).await {
+            tracing::warn!(remote = self.name(), error = %e, "could not delete refusals");
+        }
+        self.ctx.refusals_cleared(ops);
     }
 
     fn piggybacks_on(&self, session: &Session) -> bool {
@@ -759,8 +852,14 @@ impl RemoteShared {
             }
     }
 
-    /// Sends one push, alone or riding on the next pull; returns the request's size.
-    async fn send_push(&self, session: &Session, request: &Request, id: JobId) -> Result<usize> {
+    /// Sends one push, alone or riding on the next pull; returns the answer and the request's
+    /// size (0 when it rode on a pull).
+    async fn send_push(
+        &self,
+        session: &Session,
+        request: &Request,
+        id: JobId,
+    ) -> Result<(Pushed, usize)> {
         let timeout = self.ctx.config.request_timeout;
         if let (true, Request::Push(push)) = (self.piggybacks_on(session), request) {
             let (reply, mut rx) = oneshot::channel();
@@ -803,17 +902,20 @@ impl RemoteShared {
             if let Some(r) = answer {
                 return r
                     .unwrap_or_else(|_| Err(Error::closed("the puller stopped")))
-                    .map(|_| 0);
+                    .map(|p| (p, 0));
             }
         }
         let reply = session.request(request, timeout).await?;
         match reply.response {
-            Response::Pushed(_) => Ok(reply.request_bytes),
+            Response::Pushed(p) => Ok((p, reply.request_bytes)),
             other => Err(unexpected("push", &other)),
         }
     }
 
     async fn forget_dead_letter(&self, handle: &JobHandle) {
+        if let Some(peer) = self.peer() {
+            self.clear_refusals(handle.operations(), &peer).await;
+        }
         match self
             .ctx
             .state
@@ -966,7 +1068,13 @@ impl RemoteShared {
         }
         let ops = StrandUpdate::into_operations(pulled.strands);
         let n = ops.len();
-        let ops = self.ctx.verify_incoming(ops, &peer, false)?;
+        let Verdicts {
+            accepted: ops,
+            refused,
+        } = self.ctx.verify_incoming(ops, &peer, false)?;
+        // Refused operations are passed like applied ones (the verdict is permanent) and
+        // reported to the remote with the acknowledgement.
+        self.unreported.lock().extend(refused);
         let handle = PullJobHandle::new(
             self.ctx.entropy.job_id(),
             ops.clone(),
@@ -1017,13 +1125,20 @@ impl RemoteShared {
             s.last_success_ms = Some(now);
         });
         if pulled.cursor > cursor {
-            // Seed 004's acknowledgeStrands: tell the responder how far we durably applied.
+            // Seed 004's acknowledgeStrands: tell the responder how far we durably applied, and
+            // which operations we refused.
+            let refused = std::mem::take(&mut *self.unreported.lock());
             let ack = Request::Ack(Ack {
                 listener_id,
                 cursor: pulled.cursor,
+                refused: refused.clone(),
             });
             if let Err(e) = session.request(&ack, timeout).await {
                 tracing::debug!(remote = self.name(), error = %e, "ack failed");
+                let mut u = self.unreported.lock();
+                let mut again = refused;
+                again.append(&mut u);
+                *u = again;
             }
         }
         Ok(PullReport {

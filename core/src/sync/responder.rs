@@ -9,18 +9,20 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::remote::TaskGroup;
-use super::state::ListenerRecord;
+use super::state::{ListenerRecord, RefusalRecord};
 use super::{ListenerStatus, SyncContext};
 use crate::channel::JobStatus;
 use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::events::Event;
 use crate::protocol::{
     Ack, Acked, Directory, Hello, Notification, PROTOCOL_VERSION, Poke, Pull, Pulled, Push,
-    PushResult, Pushed, Register, Registered, Request, Response, StrandUpdate, Strands, Welcome,
+    PushResult, Pushed, Refusal, Register, Registered, Request, Response, StrandUpdate, Strands,
+    Welcome,
 };
 use crate::queue::{JobKind, JobOutput};
 use crate::scheduler::Signal;
 use crate::session::{Session, SessionHandler};
+use crate::telemetry;
 use std::time::Duration;
 
 use crate::types::{Operation, Ordinal, ReactorId};
@@ -41,17 +43,28 @@ pub(crate) struct Responder {
     poke: Arc<PokeState>,
 }
 
+/// What a receiver decided about a received batch, operation by operation.
+#[derive(Debug, Default)]
+pub(crate) struct Verdicts {
+    /// Operations to apply.
+    pub(crate) accepted: Vec<Arc<Operation>>,
+    /// Operations refused, each with its reason.
+    pub(crate) refused: Vec<Refusal>,
+}
+
 impl SyncContext {
-    /// Checks received operations: batch size, hashes, clock plausibility and (for pushes)
-    /// the peer's right to change each strand. Operations in private scopes are dropped: they
-    /// are never synced, whichever side is misconfigured. Folds the newest timestamp into the
-    /// HLC.
+    /// Checks received operations one by one: hash, size, clock plausibility and (for pushes)
+    /// the peer's right to change the strand. An operation that fails is refused alone, with
+    /// its reason; the others are accepted. Operations in private scopes are dropped: they are
+    /// never synced, whichever side is misconfigured. Only the newest *accepted* timestamp is
+    /// folded into the HLC, so a refused operation never moves our clock. A batch over the
+    /// operation count limit is refused whole (the sender broke the protocol).
     pub(crate) fn verify_incoming(
         &self,
         ops: Vec<Operation>,
         peer: &ReactorId,
         check_write: bool,
-    ) -> Result<Vec<Arc<Operation>>> {
+    ) -> Result<Verdicts> {
         if ops.len() > self.config.max_batch_ops {
             return Err(Error::new(
                 ErrorKind::TooLarge,
@@ -62,33 +75,64 @@ impl SyncContext {
                 ),
             ));
         }
+        let via = if check_write { "push" } else { "pull" };
         let mut newest = None;
-        let mut out = Vec::with_capacity(ops.len());
+        let mut verdicts = Verdicts {
+            accepted: Vec::with_capacity(ops.len()),
+            refused: Vec::new(),
+        };
         for op in ops {
             if self.private_scopes.iter().any(|s| s == op.scope.as_str()) {
                 tracing::debug!(op = %op.id, scope = %op.scope, "dropped an operation in a private scope");
                 continue;
             }
-            op.verify()?;
-            self.hlc.check(op.action.timestamp)?;
-            if check_write && !self.permissions.can_write(peer, &op) {
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    format!(
-                        "reactor {peer} may not change {}/{}@{}",
-                        op.document_id, op.scope, op.branch
-                    ),
-                ));
+            if let Err(e) = self.check_incoming(&op, peer, check_write) {
+                tracing::info!(
+                    peer = %peer, op = %op.id, strand = %op.strand(), via, error = %e,
+                    "refused an operation"
+                );
+                telemetry::ops_refused(via, e.kind().as_str(), 1);
+                verdicts.refused.push(Refusal {
+                    id: op.id,
+                    error: WireError::from(&e),
+                });
+                continue;
             }
             if newest.is_none_or(|t| op.action.timestamp > t) {
                 newest = Some(op.action.timestamp);
             }
-            out.push(Arc::new(op));
+            verdicts.accepted.push(Arc::new(op));
         }
         if let Some(t) = newest {
             self.hlc.observe(t);
         }
-        Ok(out)
+        Ok(verdicts)
+    }
+
+    fn check_incoming(&self, op: &Operation, peer: &ReactorId, check_write: bool) -> Result<()> {
+        op.verify()?;
+        let size = op.action.input.as_bytes().len();
+        if size > self.config.max_action_bytes {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "operation {} has an input of {size} bytes; the limit (sync.max_action_bytes) \
+                     is {}",
+                    op.id, self.config.max_action_bytes
+                ),
+            ));
+        }
+        self.hlc.check(op.action.timestamp)?;
+        if check_write && !self.permissions.can_write(peer, op) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "reactor {peer} may not change {}/{}@{}",
+                    op.document_id, op.scope, op.branch
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -300,19 +344,24 @@ impl Responder {
         let mut page;
         let mut visible: Vec<Arc<Operation>>;
         let mut start = from;
+        let mut covered;
+        let mut cut;
         loop {
             // Register for new writes before reading, so none is missed in between.
             let written = self.ctx.written.notified();
             tokio::pin!(written);
             written.as_mut().enable();
             page = self.ctx.store.read_since(start, limit, &filter).await?;
-            visible = page
-                .ops
-                .iter()
+            let readable: Vec<_> = std::mem::take(&mut page.ops)
+                .into_iter()
                 .filter(|s| self.ctx.permissions.can_read(&peer, &s.op))
-                .map(|s| s.op.clone())
                 .collect();
-            let more = page.scanned_to < page.head;
+            // Cut the answer to fit the frame limit in bytes as well as in count.
+            let kept;
+            (kept, covered, cut) =
+                super::cut_to_bytes(readable, page.scanned_to, self.ctx.config.batch_bytes());
+            visible = kept.into_iter().map(|s| s.op).collect();
+            let more = cut || page.scanned_to < page.head;
             if !visible.is_empty() || more || wait.is_zero() {
                 break;
             }
@@ -324,15 +373,18 @@ impl Responder {
         }
         Ok(Response::Pulled(Pulled {
             strands: StrandUpdate::group(&visible),
-            cursor: page.scanned_to.max(from),
+            cursor: covered.max(from),
             head: page.head,
-            has_more: page.scanned_to < page.head,
+            has_more: cut || covered < page.head,
             push_result,
         }))
     }
 
     async fn ack(&self, peer: ReactorId, a: Ack) -> Result<Response> {
         let mut listener = self.listener(&a.listener_id, &peer)?;
+        if !a.refused.is_empty() {
+            self.record_refusals(&peer, &a.refused).await?;
+        }
         if a.cursor > listener.cursor {
             listener.cursor = a.cursor;
             self.ctx.state.put_listener(&listener).await?;
@@ -344,10 +396,44 @@ impl Responder {
         Ok(Response::Acked(Acked {}))
     }
 
+    /// Records a pulling peer's refusals of operations we hold.
+    async fn record_refusals(&self, peer: &ReactorId, refused: &[Refusal]) -> Result<()> {
+        let remote = self
+            .ctx
+            .remotes_of(peer)
+            .first()
+            .map(|r| r.config.name.clone());
+        let now = self.ctx.now_ms();
+        let mut records = Vec::with_capacity(refused.len());
+        for r in refused {
+            let Some(stored) = self.ctx.store.get(&r.id).await? else {
+                continue;
+            };
+            tracing::warn!(
+                peer = %peer, op = %r.id, strand = %stored.op.strand(), error = %r.error.message,
+                "a pulling peer refused an operation"
+            );
+            telemetry::ops_refused_by_peer(&r.error.kind, 1);
+            records.push(RefusalRecord::new(
+                &stored.op,
+                peer.clone(),
+                remote.clone(),
+                r.error.clone(),
+                now,
+            ));
+        }
+        self.ctx.state.put_refusals(&records, None).await?;
+        self.ctx.refusals_recorded(&records);
+        Ok(())
+    }
+
     async fn push(&self, peer: ReactorId, p: Push) -> Result<Response> {
         let ops = StrandUpdate::into_operations(p.strands);
         let n = ops.len();
-        let ops = self.ctx.verify_incoming(ops, &peer, true)?;
+        let Verdicts {
+            accepted: ops,
+            refused,
+        } = self.ctx.verify_incoming(ops, &peer, true)?;
         for r in self.ctx.remotes_of(&peer) {
             self.ctx.scheduler.observe(
                 Some(r.config.name.as_str()),
@@ -382,6 +468,7 @@ impl Responder {
             applied: summary.new as u32,
             duplicates: summary.duplicates as u32,
             head: summary.head,
+            refused,
         }))
     }
 

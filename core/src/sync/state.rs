@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::filter::Filter;
 use crate::store::{DynStore, MetaSpace, MetaWrite};
-use crate::types::{Operation, Ordinal, ReactorId, RemoteName};
+use crate::types::{
+    DocumentType, OpId, Operation, Ordinal, ReactorId, RemoteName, SortKey, StrandId,
+};
 
 use super::RemoteConfig;
 
@@ -77,6 +79,56 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// When it was given up (ms since the epoch).
     pub failed_at_ms: u64,
+}
+
+/// A peer's permanent verdict against one of the operations we sent it (or that it pulled
+/// from us): kept so that `GET /v1/documents/{doc}` shows the operation refused, by whom and
+/// why, and so that the document view leaves it out when the peer is an authority for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefusalRecord {
+    /// The refused operation.
+    pub op: OpId,
+    /// Its strand.
+    pub strand: StrandId,
+    /// Its document type.
+    pub document_type: DocumentType,
+    /// Its place in the strand's canonical order.
+    pub key: SortKey,
+    /// The reactor that refused it.
+    pub by: ReactorId,
+    /// Our remote for that reactor, when we pushed it.
+    #[serde(default)]
+    pub remote: Option<RemoteName>,
+    /// Why.
+    pub error: WireError,
+    /// When we learned of it (ms since the epoch).
+    pub at_ms: u64,
+}
+
+impl RefusalRecord {
+    /// A refusal of `op` by `by`.
+    pub fn new(
+        op: &Operation,
+        by: ReactorId,
+        remote: Option<RemoteName>,
+        error: WireError,
+        at_ms: u64,
+    ) -> Self {
+        RefusalRecord {
+            op: op.id,
+            strand: op.strand(),
+            document_type: op.document_type.clone(),
+            key: op.sort_key(),
+            by,
+            remote,
+            error,
+            at_ms,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.op, self.by)
+    }
 }
 
 /// Typed access to the sync storage.
@@ -220,6 +272,37 @@ impl SyncState {
                 encode(d)?,
             )])
             .await
+    }
+
+    /// Stores refusals, and the dead letter keeping the refused operations (to requeue them),
+    /// in one write.
+    pub async fn put_refusals(
+        &self,
+        refusals: &[RefusalRecord],
+        letter: Option<&DeadLetter>,
+    ) -> Result<()> {
+        let mut writes = Vec::with_capacity(refusals.len() + 1);
+        for r in refusals {
+            writes.push(MetaWrite::put(MetaSpace::Refusals, r.key(), encode(r)?));
+        }
+        if let Some(d) = letter {
+            writes.push(MetaWrite::put(MetaSpace::DeadLetters, &d.id, encode(d)?));
+        }
+        self.store.write_meta(writes).await
+    }
+
+    /// Every recorded refusal.
+    pub async fn refusals(&self) -> Result<Vec<RefusalRecord>> {
+        self.list(MetaSpace::Refusals).await
+    }
+
+    /// Forgets the refusals of these operations by `by` (they were applied after all).
+    pub async fn delete_refusals(&self, ops: &[OpId], by: &ReactorId) -> Result<()> {
+        let writes = ops
+            .iter()
+            .map(|op| MetaWrite::delete(MetaSpace::Refusals, format!("{op}/{by}")))
+            .collect();
+        self.store.write_meta(writes).await
     }
 
     /// Deletes a dead letter.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod edges;
 mod plugins;
 mod scheduling;
 mod sim;

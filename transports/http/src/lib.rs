@@ -207,11 +207,24 @@ impl FrameSender for ClientSender {
                             let forgot = status == StatusCode::UNAUTHORIZED
                                 && link.session.lock().is_some()
                                 && !matches!(route_of_response(&body), Some(MessageType::Hello));
-                            link.deliver(Ok(body));
                             if forgot {
-                                // The server no longer knows our session (it restarted):
-                                // closing makes the owner say hello again.
+                                // The server no longer knows our session (it restarted): a
+                                // transient condition, not a refusal of the request. The
+                                // request fails as closed (retried, never dead-lettered) and
+                                // closing the link makes the owner say hello again.
+                                if let Some(id) = id {
+                                    link.fail(
+                                        id,
+                                        &Error::closed(format!(
+                                            "{} no longer knows our session (it restarted); \
+                                             saying hello again",
+                                            link.base
+                                        )),
+                                    );
+                                }
                                 link.shut();
+                            } else {
+                                link.deliver(Ok(body));
                             }
                         }
                         Err(e) => {

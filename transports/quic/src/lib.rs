@@ -52,6 +52,11 @@ pub struct QuicOptions {
     pub idle_timeout: Duration,
     /// Keepalive interval.
     pub keep_alive: Duration,
+    /// The secret from which stateless-reset tokens are derived. A listener that keeps the
+    /// same secret across restarts answers packets of connections it forgot (it was killed)
+    /// with a reset the dialler recognises, so the dialler reconnects at once instead of
+    /// waiting for the idle timeout. `None` picks a random one (no reset survives a restart).
+    pub reset_key: Option<[u8; 32]>,
 }
 
 impl Default for QuicOptions {
@@ -63,7 +68,8 @@ impl Default for QuicOptions {
             insecure: false,
             max_frame_bytes: 32 << 20,
             idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(1),
+            reset_key: None,
         }
     }
 }
@@ -231,6 +237,17 @@ fn server_config(o: &QuicOptions) -> Result<(quinn::ServerConfig, Option<String>
     let mut s = quinn::ServerConfig::with_crypto(Arc::new(quic));
     s.transport_config(transport_config(o)?);
     Ok((s, pem))
+}
+
+/// The endpoint configuration, with stateless-reset tokens derived from `reset_key` when one
+/// is given (see [`QuicOptions::reset_key`]).
+fn endpoint_config(reset_key: Option<&[u8; 32]>) -> quinn::EndpointConfig {
+    match reset_key {
+        Some(k) => {
+            quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k)))
+        }
+        None => quinn::EndpointConfig::default(),
+    }
 }
 
 // ---- the link ------------------------------------------------------------------------------
@@ -421,7 +438,13 @@ impl FrameSender for QuicSender {
     }
 }
 
-struct QuicReceiver(mpsc::Receiver<Result<Bytes>>);
+/// Frames received on the connection's streams; ends when the connection closes (the peer
+/// closed it, reset it after a restart, or it went idle), even though streams that were
+/// being read may still hold a sender.
+struct QuicReceiver {
+    frames: mpsc::Receiver<Result<Bytes>>,
+    conn: Connection,
+}
 
 impl fmt::Debug for QuicReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -432,13 +455,24 @@ impl fmt::Debug for QuicReceiver {
 #[async_trait]
 impl FrameReceiver for QuicReceiver {
     async fn recv(&mut self) -> Option<Result<Bytes>> {
-        self.0.recv().await
+        tokio::select! {
+            biased;
+            frame = self.frames.recv() => frame,
+            reason = self.conn.closed() => {
+                tracing::debug!(peer = %self.conn.remote_address(), %reason, "QUIC connection closed");
+                None
+            }
+        }
     }
 }
 
 fn link(conn: Connection, max: usize) -> Link {
     let (tx, rx) = mpsc::channel(1024);
     let peer = conn.remote_address().to_string();
+    let receiver = QuicReceiver {
+        frames: rx,
+        conn: conn.clone(),
+    };
     let shared = Arc::new(Shared {
         conn,
         responders: Mutex::new(HashMap::new()),
@@ -449,7 +483,7 @@ fn link(conn: Connection, max: usize) -> Link {
     tokio::spawn(shared.clone().accept_loop());
     Link {
         sender: Arc::new(QuicSender(shared)),
-        receiver: Box::new(QuicReceiver(rx)),
+        receiver: Box::new(receiver),
         info: LinkInfo {
             transport: "quic",
             peer: format!("quic://{peer}"),
@@ -580,12 +614,22 @@ impl Transport for QuicTransport {
         let addr = addr_of(url)?;
         let (config, pem) = server_config(&self.options)?;
         *self.self_signed_pem.lock() = pem;
-        let endpoint = Endpoint::server(config, addr).map_err(|e| {
+        let cannot = |e: std::io::Error| {
             Error::new(
                 ErrorKind::Unavailable,
                 format!("cannot listen on {url}: {e}"),
             )
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(cannot)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::internal("QUIC needs a tokio runtime"))?;
+        let endpoint = Endpoint::new(
+            endpoint_config(self.options.reset_key.as_ref()),
+            Some(config),
+            socket,
+            runtime,
+        )
+        .map_err(cannot)?;
         let local = endpoint
             .local_addr()
             .map_err(|e| Error::internal(format!("no local address: {e}")))?;
