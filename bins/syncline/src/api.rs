@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/documents/{doc}/actions` | submits actions; `201 {operations: [{id, ordinal, timestamp}]}` |
 //! | `GET /v1/documents/{doc}?scope&branch` | `{strand, document_type, state, revision, errored, operations}` |
-//! | `GET /v1/documents/{doc}/operations?scope&branch` | the operations in canonical order |
+//! | `GET /v1/documents/{doc}/operations?scope&branch` | the operations in canonical order, each with the peers' `refused` verdicts and `excluded` when an authority refused it |
 //! | `GET /v1/documents` | every strand with its head |
 //! | `GET /v1/remotes`, `POST /v1/remotes` | list, add (body: a remote) |
 //! | `GET /v1/remotes/{name}`, `DELETE /v1/remotes/{name}` | one remote's status, remove it |
@@ -14,7 +14,8 @@
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! A document id with `/` is percent-encoded in the path (`drive%2Fa`). Errors are
-//! `{"error": {"kind", "message"}}` with a fitting status.
+//! `{"error": {"kind", "message"}}` with a fitting status; a body over `sync.max_frame_bytes`
+//! or an action input over `sync.max_action_bytes` answers 413.
 
 use axum::Json;
 use axum::Router;
@@ -126,10 +127,43 @@ struct Submitted {
 }
 
 fn json_error(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError(Error::new(
+            ErrorKind::TooLarge,
+            "the request body exceeds the API's limit (sync.max_frame_bytes); one action's \
+             input may be up to sync.max_action_bytes",
+        ));
+    }
     ApiError(Error::invalid(format!(
         "the request body is not valid: {}",
         rejection.body_text()
     )))
+}
+
+/// The strand's operations as JSON, each with the refusals peers reported for it (by whom,
+/// why, when) and whether the view leaves it out.
+async fn operations_json(s: &AppState, strand: &StrandId) -> ApiResult<Value> {
+    let ops = s.reactor.operations(strand).await?;
+    let mut refusals: std::collections::HashMap<_, Vec<Value>> = Default::default();
+    for r in s.reactor.sync().refusals().await? {
+        if &r.strand == strand {
+            refusals.entry(r.op).or_default().push(json!({
+                "by": r.by, "remote": r.remote, "kind": r.error.kind,
+                "message": r.error.message, "at_ms": r.at_ms,
+            }));
+        }
+    }
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let id = op.id;
+        let mut v = serde_json::to_value(op)
+            .map_err(|e| Error::internal(format!("encoding operations failed: {e}")))?;
+        if let Some(r) = refusals.remove(&id) {
+            v["refused"] = Value::Array(r);
+        }
+        out.push(v);
+    }
+    Ok(Value::Array(out))
 }
 
 async fn submit(
@@ -175,9 +209,7 @@ async fn document(
     let mut v = serde_json::to_value(&state)
         .map_err(|e| Error::internal(format!("encoding a document failed: {e}")))?;
     if q.operations.unwrap_or(true) {
-        let ops = s.reactor.operations(&strand).await?;
-        v["operations"] = serde_json::to_value(ops)
-            .map_err(|e| Error::internal(format!("encoding operations failed: {e}")))?;
+        v["operations"] = operations_json(&s, &strand).await?;
     }
     Ok(Json(v))
 }
@@ -188,7 +220,7 @@ async fn operations(
     Query(q): Query<StrandQuery>,
 ) -> ApiResult<Json<Value>> {
     let strand = StrandId::parse(&doc, q.scope.as_deref(), q.branch.as_deref())?;
-    let ops = s.reactor.operations(&strand).await?;
+    let ops = operations_json(&s, &strand).await?;
     Ok(Json(json!({"strand": strand, "operations": ops})))
 }
 
@@ -277,6 +309,7 @@ async fn not_found() -> ApiError {
 
 /// The application routes.
 pub fn router(state: AppState) -> Router {
+    let body_limit = state.reactor.config().sync.max_frame_bytes;
     Router::new()
         .route("/v1/documents", get(documents))
         .route("/v1/documents/{doc}", get(document))
@@ -290,5 +323,6 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

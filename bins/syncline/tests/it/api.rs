@@ -218,3 +218,105 @@ async fn metrics_pass_promtool() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// What an operator sees of the edges through the API: an action over the limit answers 413
+/// naming the limit, as does a body over the frame limit; an operation the authority refused is
+/// listed with who refused it and why, left out of the state, and the remote is not in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_refusals_through_the_api() {
+    let mut cb = Config {
+        node_id: "auth".to_owned(),
+        ..Config::default()
+    };
+    cb.store.kind = "memory".into();
+    cb.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    cb.permissions.rules = vec![syncline_core::PeerRule {
+        peer: "writer".into(),
+        token: None,
+        read: syncline_core::Filter::all(),
+        write: syncline_core::Filter::documents(["inbox/*"]),
+    }];
+    let b = Node::start(cb).await.unwrap();
+    let mut ca = Config {
+        node_id: "writer".to_owned(),
+        ..Config::default()
+    };
+    ca.store.kind = "memory".into();
+    ca.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    ca.sync.max_action_bytes = 4096;
+    ca.sync.max_frame_bytes = 64 << 10;
+    let mut r = syncline_core::RemoteConfig::new("auth", &format!("ws://{}", b.http_addr))
+        .unwrap()
+        .with_mode(syncline_core::SyncMode::Push);
+    r.authority = Some(syncline_core::Filter::documents(["private/*"]));
+    ca.remotes = vec![r];
+    let a = Node::start(ca).await.unwrap();
+    let base = format!("http://{}", a.http_addr);
+
+    let (s, v) = call(
+        "POST",
+        &format!("{base}/v1/documents/inbox%2Fbig/actions"),
+        Some(json!({"actions": [{"type": "set", "input": {"path": "/x", "value": "x".repeat(5000)}}]})),
+    )
+    .await;
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["error"]["kind"], "too_large");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sync.max_action_bytes"),
+        "{v}"
+    );
+    let (s, v) = call(
+        "POST",
+        &format!("{base}/v1/documents/inbox%2Fbig/actions"),
+        Some(json!({"actions": (0..40).map(|_| json!({"type": "set", "input": {"path": "/x", "value": "x".repeat(2000)}})).collect::<Vec<_>>()})),
+    )
+    .await;
+    assert_eq!(s, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sync.max_frame_bytes"),
+        "{v}"
+    );
+
+    for doc in ["inbox%2Fok", "private%2Fno"] {
+        let (s, v) = call(
+            "POST",
+            &format!("{base}/v1/documents/{doc}/actions"),
+            Some(json!({"actions": [{"type": "set", "input": {"path": "/v", "value": 1}}]})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let (_, v) = call("GET", &format!("{base}/v1/documents/private%2Fno"), None).await;
+        if v["operations"][0]["refused"].is_array() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused["state"], json!({}), "{refused}");
+    assert_eq!(refused["revision"], 0);
+    let op = &refused["operations"][0];
+    assert_eq!(op["excluded"], true, "{op}");
+    assert_eq!(op["refused"][0]["by"], "auth", "{op}");
+    assert_eq!(op["refused"][0]["kind"], "permission_denied", "{op}");
+    let (_, v) = call(
+        "GET",
+        &format!("http://{}/v1/documents/inbox%2Fok", b.http_addr),
+        None,
+    )
+    .await;
+    assert_eq!(v["state"], json!({"v": 1}));
+    let (_, v) = call("GET", &format!("{base}/v1/sync/status"), None).await;
+    assert_eq!(v["remotes"][0]["in_sync"], false, "{v}");
+    assert_eq!(v["remotes"][0]["dead_letters"], 1, "{v}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
