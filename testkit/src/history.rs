@@ -23,6 +23,8 @@ struct Acked {
 #[derive(Debug, Default)]
 pub struct History {
     acked: Mutex<BTreeMap<OpId, Acked>>,
+    /// Operations every peer refuses: like `local` ones, they stay on their writer.
+    confined: Mutex<BTreeSet<OpId>>,
 }
 
 impl History {
@@ -40,6 +42,28 @@ impl History {
                 Acked {
                     reactor: reactor.to_owned(),
                     local,
+                },
+            );
+        }
+    }
+
+    /// Records a submission's operations as acknowledged by `reactor` and refused by every
+    /// peer: they must stay on `reactor`, like `local` ones.
+    pub fn record_confined(&self, reactor: &str, written: &[Written]) {
+        self.record(reactor, written, true);
+        self.confined.lock().extend(written.iter().map(|w| w.id));
+    }
+
+    /// Records operations `reactor` stored by other means than a submission (a peer forging
+    /// origins injects them as received).
+    pub fn record_ids(&self, reactor: &str, ids: &[OpId]) {
+        let mut acked = self.acked.lock();
+        for id in ids {
+            acked.insert(
+                *id,
+                Acked {
+                    reactor: reactor.to_owned(),
+                    local: false,
                 },
             );
         }
@@ -69,6 +93,8 @@ pub struct Report {
     pub leaked: Vec<String>,
     /// Ordinal sequences with gaps or repeats.
     pub gaps: Vec<String>,
+    /// Clocks that went back: a reactor stamping an operation before one it already stored.
+    pub clocks: Vec<String>,
     /// Operations checked (all reactors).
     pub checked: usize,
 }
@@ -81,6 +107,7 @@ impl Report {
             && self.diverged.is_empty()
             && self.leaked.is_empty()
             && self.gaps.is_empty()
+            && self.clocks.is_empty()
     }
 }
 
@@ -88,12 +115,13 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} lost, {} duplicated, {} diverged, {} leaked, {} ordinal problems ({} operations checked)",
+            "{} lost, {} duplicated, {} diverged, {} leaked, {} ordinal problems, {} clocks back ({} operations checked)",
             self.lost.len(),
             self.duplicated.len(),
             self.diverged.len(),
             self.leaked.len(),
             self.gaps.len(),
+            self.clocks.len(),
             self.checked
         )?;
         for (what, list) in [
@@ -102,6 +130,7 @@ impl fmt::Display for Report {
             ("diverged", &self.diverged),
             ("leaked", &self.leaked),
             ("ordinals", &self.gaps),
+            ("clock", &self.clocks),
         ] {
             for line in list.iter().take(10) {
                 writeln!(f, "  {what}: {line}")?;
@@ -119,6 +148,13 @@ pub async fn check(history: &History, nodes: &[(String, Reactor)]) -> Result<Rep
     let mut report = Report::default();
     let mut holdings: Vec<BTreeSet<OpId>> = Vec::new();
     let mut strands: BTreeSet<StrandId> = BTreeSet::new();
+    let confined = history.confined.lock().clone();
+    let acked_by: BTreeMap<OpId, String> = history
+        .acked
+        .lock()
+        .iter()
+        .map(|(id, a)| (*id, a.reactor.clone()))
+        .collect();
     for (name, reactor) in nodes {
         let all = read_all(reactor.store()).await?;
         report.checked += all.len();
@@ -133,7 +169,14 @@ pub async fn check(history: &History, nodes: &[(String, Reactor)]) -> Result<Rep
                 ));
             }
             *seen.entry(stored.op.id).or_default() += 1;
-            if stored.op.scope.is_local() {
+            if confined.contains(&stored.op.id) {
+                if acked_by.get(&stored.op.id).is_some_and(|w| w != name) {
+                    report.leaked.push(format!(
+                        "{name} holds operation {}, which every peer refuses",
+                        stored.op.id
+                    ));
+                }
+            } else if stored.op.scope.is_local() {
                 if stored.op.origin.as_str() != name {
                     report.leaked.push(format!(
                         "{name} holds local operation {} of {}",

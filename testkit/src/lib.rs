@@ -68,9 +68,23 @@ pub async fn start_with_clock(
     seed: u64,
     clock: Arc<dyn Clock>,
 ) -> Result<Reactor> {
-    let reactor = Reactor::builder(ReactorId::new(name)?)
+    start_custom(net, name, store, config, seed, clock, |b| b).await
+}
+
+/// Like [`start_with_clock`], with a last say over the builder (permissions, another transport).
+pub async fn start_custom(
+    net: &MemoryNetwork,
+    name: &str,
+    store: DynStore,
+    config: ReactorConfig,
+    seed: u64,
+    clock: Arc<dyn Clock>,
+    customize: impl FnOnce(syncline_core::ReactorBuilder) -> syncline_core::ReactorBuilder,
+) -> Result<Reactor> {
+    let builder = Reactor::builder(ReactorId::new(name)?)
         .store(store)
-        .transport(net.transport(name))
+        .transport(net.transport(name));
+    let reactor = customize(builder)
         .config(config)
         .seed(seed)
         .clock(clock)

@@ -1,6 +1,9 @@
 //! The deterministic simulation: 2–5 reactors in a line, star, mesh or cycle, random
 //! submissions on all of them, a network that drops, duplicates, delays and partitions, and
-//! reactors that crash and restart on a store that keeps what was committed.
+//! reactors that crash and restart on a store that keeps what was committed, on duplex links
+//! or HTTP-like ones, with a wall clock that may jump back across a restart. Some seeds add a
+//! peer that forges origins, documents every peer refuses (so batches mix allowed and
+//! forbidden operations), and operations large enough that batches must be cut in bytes.
 //!
 //! Everything runs on one thread under paused tokio time, and every random choice (the
 //! timeline, the network's faults, the reactors' ids and jitter) derives from one seed, so a
@@ -16,14 +19,15 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use syncline_core::queue::{JobKind, JobOutput};
 use syncline_core::{
-    Clock, DynStore, MemoryStore, NewAction, OpId, Reactor, RemoteConfig, Result, RetryPolicy,
-    StrandId, Submission, SyncMode, TokioClock,
+    Clock, DynStore, Filter, MemoryStore, NewAction, OpId, PeerRule, Reactor, RemoteConfig, Result,
+    RetryPolicy, RulePermissions, StrandId, Submission, SyncMode, TokioClock,
 };
 use syncline_transport_memory::{FaultConfig, FaultStats, MemoryNetwork};
 
 use crate::history::{History, Report, check};
-use crate::{fast_config, read_all, start_with_clock};
+use crate::{fast_config, read_all, start_custom};
 
 /// How reactors are connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +98,17 @@ pub struct SimConfig {
     pub clock_skew_ms: i64,
     /// The store.
     pub store: SimStore,
+    /// Reactors dial HTTP-like links: the responder never calls or pokes the dialler.
+    pub non_duplex: bool,
+    /// Every reactor refuses peers' writes (and reads) of `forbidden-*` documents, and a tenth
+    /// of the submissions go there: mixed batches, per-operation refusals.
+    pub forbidden: bool,
+    /// Operations r0 injects claiming another reactor as their origin.
+    pub forged: usize,
+    /// Some actions carry 8–40 KiB, over a small frame limit.
+    pub large: bool,
+    /// Largest jump back of a restarted reactor's wall clock, in ms.
+    pub restart_clock_back_ms: u64,
 }
 
 impl SimConfig {
@@ -116,6 +131,11 @@ impl SimConfig {
             crashes: 1 + (seed as usize % 2),
             clock_skew_ms: 5_000,
             store: SimStore::Memory,
+            non_duplex: seed % 6 == 5,
+            forbidden: seed % 5 == 1,
+            forged: if seed % 3 == 1 { 3 } else { 0 },
+            large: seed % 4 == 2,
+            restart_clock_back_ms: 10_000,
         }
     }
 }
@@ -150,8 +170,13 @@ fn name(i: usize) -> String {
     format!("r{i}")
 }
 
-fn sim_config() -> syncline_core::ReactorConfig {
+fn sim_config(large: bool) -> syncline_core::ReactorConfig {
     let mut c = fast_config();
+    if large {
+        // 32 operations of up to 40 KiB would be ten times this frame: batches are cut.
+        c.sync.max_frame_bytes = 128 << 10;
+        c.sync.max_action_bytes = 48 << 10;
+    }
     c.sync.push_batch_ops = 32;
     c.sync.pull_batch_ops = 32;
     c.sync.push_window = 3;
@@ -169,20 +194,32 @@ fn sim_config() -> syncline_core::ReactorConfig {
 struct World {
     net: MemoryNetwork,
     stores: Vec<DynStore>,
-    clocks: Vec<Arc<dyn Clock>>,
+    clocks: Mutex<Vec<Arc<dyn Clock>>>,
     slots: Mutex<Vec<Option<Reactor>>>,
     seed: u64,
+    cfg: SimConfig,
+    /// What the clock check found at restarts.
+    clocks_back: Mutex<Vec<String>>,
 }
+
+/// The prefix of documents every peer refuses in `forbidden` runs.
+const FORBIDDEN: &str = "forbidden-";
+
+/// The simulated wall clocks' epoch.
+const EPOCH_MS: u64 = 1_700_000_000_000;
 
 impl World {
     async fn boot(&self, i: usize, generation: u64) -> Result<Reactor> {
         let store = self.stores[i].clone();
-        let mut config = sim_config();
+        let mut config = sim_config(self.cfg.large);
         // A third of the runs carry pushes inside pulls, under the same faults.
         if self.seed.is_multiple_of(3) {
             config.sync.piggyback = syncline_core::sync::Piggyback::Always;
         }
-        start_with_clock(
+        let clock = self.clocks.lock()[i].clone();
+        let (non_duplex, forbidden) = (self.cfg.non_duplex, self.cfg.forbidden);
+        let transport = self.net.transport(&name(i));
+        start_custom(
             &self.net,
             &name(i),
             store,
@@ -190,7 +227,24 @@ impl World {
             self.seed
                 .wrapping_mul(1_000)
                 .wrapping_add(i as u64 * 10 + generation),
-            self.clocks[i].clone(),
+            clock,
+            move |mut b| {
+                if non_duplex {
+                    b = b.transport(transport.non_duplex());
+                }
+                if forbidden {
+                    let docs = Filter::documents(["doc-*"]);
+                    let rules = RulePermissions::new(vec![PeerRule {
+                        peer: "*".into(),
+                        token: None,
+                        read: docs.clone(),
+                        write: docs,
+                    }])
+                    .expect("valid rules");
+                    b = b.permissions(Arc::new(rules));
+                }
+                b
+            },
         )
         .await
     }
@@ -239,8 +293,12 @@ async fn connect(world: &World, a: usize, b: usize, variant: u32) -> Result<()> 
     }
 }
 
-fn random_submission(rng: &mut StdRng, local: bool) -> Submission {
-    let doc = format!("doc-{}", rng.random_range(0..6));
+fn random_submission(rng: &mut StdRng, local: bool, forbidden: bool, large: bool) -> Submission {
+    let doc = if forbidden {
+        format!("{FORBIDDEN}{}", rng.random_range(0..2))
+    } else {
+        format!("doc-{}", rng.random_range(0..6))
+    };
     let scope = if local { "local" } else { "global" };
     let strand = StrandId::parse(&doc, Some(scope), None).expect("valid strand");
     let n = rng.random_range(1..=4);
@@ -249,6 +307,10 @@ fn random_submission(rng: &mut StdRng, local: bool) -> Submission {
             let key = ["a", "b", "c", "list"][rng.random_range(0..4)];
             let path = format!("/{key}");
             let (t, input) = match rng.random_range(0..4) {
+                _ if large && rng.random_bool(0.2) => (
+                    "set",
+                    json!({"path": path, "value": "x".repeat(rng.random_range(8_000..40_000))}),
+                ),
                 0 => (
                     "set",
                     json!({"path": path, "value": rng.random_range(0..100)}),
@@ -273,7 +335,7 @@ async fn shared_ids(r: &Reactor) -> Result<BTreeSet<OpId>> {
     Ok(read_all(r.store())
         .await?
         .into_iter()
-        .filter(|s| !s.op.scope.is_local())
+        .filter(|s| !s.op.scope.is_local() && !s.op.document_id.as_str().starts_with(FORBIDDEN))
         .map(|s| s.op.id)
         .collect())
 }
@@ -327,17 +389,22 @@ async fn simulate(cfg: SimConfig) -> Result<SimOutcome> {
 
 async fn simulate_on(cfg: SimConfig, mut rng: StdRng, stores: Vec<DynStore>) -> Result<SimOutcome> {
     let n = cfg.reactors;
+    let skews: Vec<i64> = (0..n)
+        .map(|_| rng.random_range(-cfg.clock_skew_ms..=cfg.clock_skew_ms))
+        .collect();
     let world = Arc::new(World {
         net: MemoryNetwork::with_faults(cfg.seed, cfg.faults),
         stores,
-        clocks: (0..n)
-            .map(|_| {
-                let skew = rng.random_range(-cfg.clock_skew_ms..=cfg.clock_skew_ms);
-                Arc::new(TokioClock::new(1_700_000_000_000, skew)) as Arc<dyn Clock>
-            })
-            .collect(),
+        clocks: Mutex::new(
+            skews
+                .iter()
+                .map(|skew| Arc::new(TokioClock::new(EPOCH_MS, *skew)) as Arc<dyn Clock>)
+                .collect(),
+        ),
         slots: Mutex::new(vec![None; n]),
         seed: cfg.seed,
+        cfg: cfg.clone(),
+        clocks_back: Mutex::new(Vec::new()),
     });
     for i in 0..n {
         let r = world.boot(i, 0).await?;
@@ -353,7 +420,8 @@ async fn simulate_on(cfg: SimConfig, mut rng: StdRng, stores: Vec<DynStore>) -> 
         let at = start + cfg.duration.mul_f64(rng.random::<f64>());
         let i = rng.random_range(0..n);
         let local = rng.random_bool(0.05);
-        let sub = random_submission(&mut rng, local);
+        let forbidden = cfg.forbidden && !local && rng.random_bool(0.1);
+        let sub = random_submission(&mut rng, local, forbidden, cfg.large);
         let (world, history) = (world.clone(), history.clone());
         timeline.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
@@ -361,7 +429,44 @@ async fn simulate_on(cfg: SimConfig, mut rng: StdRng, stores: Vec<DynStore>) -> 
                 return;
             };
             if let Ok(written) = r.submit(sub).await {
-                history.record(&name(i), &written, local);
+                if forbidden {
+                    history.record_confined(&name(i), &written);
+                } else {
+                    history.record(&name(i), &written, local);
+                }
+            }
+        }));
+    }
+    // r0 forges: correctly hashed operations claiming another reactor as their origin, stored
+    // as if received. Every reactor, the named one included, must end up with them.
+    for k in 0..cfg.forged {
+        let at = start + cfg.duration.mul_f64(rng.random::<f64>() * 0.8);
+        let claimed = name(rng.random_range(1..n));
+        let doc = format!("doc-{}", rng.random_range(0..6));
+        let nonce: u64 = rng.random();
+        let (world, history) = (world.clone(), history.clone());
+        timeline.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let Some(r) = world.get(0) else {
+                return;
+            };
+            let t = r.hlc().tick();
+            let op = syncline_core::testing::op_at(&doc, nonce ^ k as u64, t.millis, &claimed);
+            let id = op.id;
+            let job = JobKind::Apply {
+                ops: vec![Arc::new(op)],
+                source: syncline_core::ReactorId::new("forger").expect("valid id"),
+                meta: Vec::new(),
+            };
+            let Ok(ticket) = r
+                .queue()
+                .enqueue(syncline_core::JobId::from_random_bytes([k as u8; 16]), job)
+                .await
+            else {
+                return;
+            };
+            if let Ok(JobOutput::Applied(_)) = ticket.wait().await {
+                history.record_ids(&name(0), &[id]);
             }
         }));
     }
@@ -388,6 +493,8 @@ async fn simulate_on(cfg: SimConfig, mut rng: StdRng, stores: Vec<DynStore>) -> 
         let at = start + cfg.duration.mul_f64(rng.random::<f64>() * 0.8);
         let i = rng.random_range(0..n);
         let down = Duration::from_millis(rng.random_range(100..2_000));
+        let back_ms = rng.random_range(0..=cfg.restart_clock_back_ms);
+        let skew = skews[i];
         let (world, crashes) = (world.clone(), crashes.clone());
         timeline.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
@@ -397,8 +504,32 @@ async fn simulate_on(cfg: SimConfig, mut rng: StdRng, stores: Vec<DynStore>) -> 
             r.crash().await;
             *crashes.lock() += 1;
             tokio::time::sleep(down).await;
+            // The wall clock comes back behind where it was (a machine whose clock was
+            // corrected, or another machine): the HLC must still only move forward.
+            let stored_max = world.stores[i]
+                .heads()
+                .await
+                .ok()
+                .and_then(|h| h.iter().map(|h| h.last.timestamp).max());
+            let elapsed = start.elapsed().as_millis() as u64;
+            world.clocks.lock()[i] = Arc::new(TokioClock::new(
+                EPOCH_MS + elapsed - back_ms.min(elapsed),
+                skew,
+            ));
             match world.boot(i, generation).await {
-                Ok(r) => world.slots.lock()[i] = Some(r),
+                Ok(r) => {
+                    let next = r.hlc().tick();
+                    if let Some(max) = stored_max
+                        && next <= max
+                    {
+                        world.clocks_back.lock().push(format!(
+                            "{} restarted with its clock {back_ms} ms back and stamps {next}, \
+                             not after {max}, the highest timestamp it stores",
+                            name(i)
+                        ));
+                    }
+                    world.slots.lock()[i] = Some(r)
+                }
                 Err(e) => panic!("restarting {} failed: {e}", name(i)),
             }
         }));
@@ -428,7 +559,8 @@ async fn simulate_on(cfg: SimConfig, mut rng: StdRng, stores: Vec<DynStore>) -> 
             )
         })
         .collect();
-    let report = check(&history, &nodes).await?;
+    let mut report = check(&history, &nodes).await?;
+    report.clocks = std::mem::take(&mut *world.clocks_back.lock());
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for (_, r) in &nodes {
         for s in read_all(r.store()).await? {
