@@ -541,7 +541,10 @@ pub async fn large_operations_sync(h: &dyn TransportHarness) -> Result<()> {
                 serde_json::json!({"path": "/big", "value": "x".repeat(256 << 10)}),
             )],
         )?;
-        let err = r.submit(too_big).await.unwrap_err();
+        let err = r
+            .submit(too_big)
+            .await
+            .expect_err("an action over the limit is refused");
         assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
         assert!(err.message().contains("sync.max_action_bytes"), "{err}");
     }

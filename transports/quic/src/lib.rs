@@ -67,7 +67,7 @@ impl Default for QuicOptions {
             ca: None,
             insecure: false,
             max_frame_bytes: 32 << 20,
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
             reset_key: None,
         }

@@ -175,10 +175,23 @@ impl fmt::Debug for PubSender {
 impl PubSender {
     async fn publish(&self, kind: u8, frame: &[u8]) -> Result<()> {
         let mut c = self.conn.clone();
-        let _: i64 = c
+        let receivers: i64 = c
             .publish(&self.target, encode(kind, &self.link, &self.reply, frame))
             .await
             .map_err(|e| unavailable("publishing", &self.url, e))?;
+        if receivers == 0 {
+            // Nobody subscribes to the channel: the peer is not running (it stopped or was
+            // killed). The message is gone, and so is the link: end it now, so the owner
+            // reconnects, rather than let requests wait for their timeouts on a dead link.
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(tx) = self.on_close.lock().take() {
+                let _ = tx.send(());
+            }
+            return Err(Error::closed(format!(
+                "nobody listens on {} at {} (the peer is not running)",
+                self.target, self.url
+            )));
+        }
         Ok(())
     }
 }

@@ -8,4 +8,5 @@ mod config;
 mod demo;
 mod plugins;
 mod procs;
+mod restarts;
 mod support;

@@ -133,12 +133,54 @@ impl NodeProc {
         self.kill();
         self.spawn();
     }
+
+    /// Starts the node again after [`NodeProc::kill`] or [`NodeProc::terminate`] (without killing
+    /// anything first); waits until it answers.
+    pub(crate) fn start_again(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.name);
+        self.spawn();
+    }
+
+    /// The last `lines` lines of the node's log (all its runs, appended), without colours.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        let text = strip_ansi(&self.log_text());
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `GET url` as JSON, whatever the status; `None` if there is no answer or it is not JSON.
+pub(crate) fn get_json(
+    client: &::reqwest::blocking::Client,
+    url: &str,
+) -> Option<serde_json::Value> {
+    client.get(url).send().ok()?.json().ok()
 }
 
 /// A tiny blocking GET (no async runtime needed in these helpers).
