@@ -107,6 +107,10 @@ pub struct Pulled {
     /// The result of a piggybacked push.
     #[serde(default)]
     pub push_result: Option<PushResult>,
+    /// Refusals of the caller's operations that the responder learned from other reactors
+    /// (each names who refused), passed on towards the operations' origins.
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
 }
 
 /// The outcome of a piggybacked push.
@@ -140,6 +144,10 @@ pub struct Refusal {
     pub id: OpId,
     /// The reason.
     pub error: WireError,
+    /// The reactor that refused it, when that is not the one reporting it: a relay passes a
+    /// refusal on towards the operation's origin.
+    #[serde(default)]
+    pub by: Option<ReactorId>,
 }
 
 /// The acknowledgement was recorded.
@@ -804,6 +812,7 @@ mod tests {
                     kind: "permission_denied".into(),
                     message: "no".into(),
                 },
+                by: Some(ReactorId::new("c").unwrap()),
             }],
         };
         let filter = Filter::documents(["a/*"]).with_scopes(["global"]);
@@ -859,6 +868,7 @@ mod tests {
                 head: Ordinal(9),
                 has_more: true,
                 push_result: Some(PushResult::Ok(pushed.clone())),
+                refused: pushed.refused.clone(),
             })),
             Body::Response(Response::Pulled(Pulled {
                 strands: vec![],
@@ -869,6 +879,7 @@ mod tests {
                     kind: "timeout".into(),
                     message: "m".into(),
                 })),
+                refused: vec![],
             })),
             Body::Response(Response::Acked(Acked {})),
             Body::Response(Response::Pushed(pushed)),

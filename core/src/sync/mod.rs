@@ -28,6 +28,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventBus};
 use crate::exclusions::Exclusions;
 use crate::filter::{Filter, ReadFilter};
+use crate::protocol::Refusal;
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
@@ -404,7 +405,13 @@ pub(crate) struct SyncContext {
     pub(crate) inbound: watch::Sender<BTreeMap<ReactorId, Session>>,
     /// Operations an authority refused, left out of the document view.
     pub(crate) exclusions: Arc<Exclusions>,
+    /// Refusals to pass on towards operations' origins, by the peer each operation was
+    /// received from (they ride on the next answer or acknowledgement to that peer).
+    pub(crate) relay: Mutex<BTreeMap<ReactorId, Vec<Refusal>>>,
 }
+
+/// Most refusals waiting to be passed on to one peer; more are recorded here but not passed on.
+const MAX_RELAYED_PER_PEER: usize = 10_000;
 
 impl SyncContext {
     pub(crate) fn now_ms(&self) -> u64 {
@@ -419,14 +426,83 @@ impl SyncContext {
         ReadFilter::for_peer(filter.clone(), peer, self.private_scopes.clone())
     }
 
-    /// Whether `by` is, through one of our remotes, the authority for the refused operation.
+    /// Whether the refusal came from (or through) a remote that is the authority for the
+    /// refused operation's document.
     fn is_authority(&self, records: &[RemoteRecord], r: &RefusalRecord) -> bool {
         records.iter().any(|rec| {
-            rec.peer.as_ref() == Some(&r.by)
+            (rec.peer.as_ref() == Some(&r.by) || r.remote.as_ref() == Some(&rec.config.name))
                 && rec
                     .config
                     .is_authority_for(&r.strand, r.document_type.as_str())
         })
+    }
+
+    /// Records refusals `from` reported of operations we hold (its own verdicts, or, where a
+    /// refusal names `by`, verdicts it passes on), and passes them on in turn.
+    pub(crate) async fn record_reported(
+        &self,
+        from: &ReactorId,
+        refused: &[Refusal],
+    ) -> Result<()> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let remote = self.remotes_of(from).first().map(|r| r.config.name.clone());
+        let now = self.now_ms();
+        let mut records = Vec::with_capacity(refused.len());
+        for r in refused {
+            let Some(stored) = self.store.get(&r.id).await? else {
+                continue;
+            };
+            let by = r.by.clone().unwrap_or_else(|| from.clone());
+            tracing::warn!(
+                by = %by, via = %from, op = %r.id, strand = %stored.op.strand(),
+                error = %r.error.message, "a peer refused an operation"
+            );
+            crate::telemetry::ops_refused_by_peer(&r.error.kind, 1);
+            records.push(RefusalRecord::new(
+                &stored.op,
+                by,
+                remote.clone(),
+                r.error.clone(),
+                now,
+            ));
+        }
+        self.state.put_refusals(&records, None).await?;
+        self.refusals_recorded(&records);
+        self.relay_refusals(&records).await;
+        Ok(())
+    }
+
+    /// Queues recorded refusals for the reactors we received the refused operations from, so
+    /// that each travels on towards its operation's origin (where the operation was written
+    /// here, it has arrived).
+    pub(crate) async fn relay_refusals(&self, records: &[RefusalRecord]) {
+        for r in records {
+            let source = match self.store.get(&r.op).await {
+                Ok(Some(s)) => s.source,
+                _ => None,
+            };
+            let Some(source) = source.filter(|s| *s != r.by) else {
+                continue;
+            };
+            let mut relay = self.relay.lock();
+            let queue = relay.entry(source).or_default();
+            if queue.len() >= MAX_RELAYED_PER_PEER {
+                tracing::warn!(op = %r.op, "too many refusals wait to be passed on; this one is only recorded here");
+                continue;
+            }
+            queue.push(Refusal {
+                id: r.op,
+                error: r.error.clone(),
+                by: Some(r.by.clone()),
+            });
+        }
+    }
+
+    /// Takes the refusals waiting to be passed on to `peer`.
+    pub(crate) fn take_relayed(&self, peer: &ReactorId) -> Vec<Refusal> {
+        self.relay.lock().remove(peer).unwrap_or_default()
     }
 
     /// Takes refusals that are now durably recorded: those by an authority leave the document
@@ -551,6 +627,7 @@ impl SyncManager {
             inbound: watch::channel(BTreeMap::new()).0,
             written: tokio::sync::Notify::new(),
             exclusions: parts.exclusions,
+            relay: Mutex::new(BTreeMap::new()),
         });
         // Refusals by authorities recorded before this start keep their operations out of the
         // view.

@@ -682,8 +682,18 @@ impl RemoteShared {
             };
             let started = Instant::now();
             let err = match self.send_push(&session, &request, handle.id()).await {
-                Ok((pushed, request_bytes)) => {
+                Ok((mut pushed, request_bytes)) => {
                     let rtt = started.elapsed();
+                    // Refusals the remote passes on from other reactors (they name who
+                    // refused) are about earlier batches: record them apart.
+                    let (relayed, own): (Vec<_>, Vec<_>) =
+                        pushed.refused.drain(..).partition(|r| r.by.is_some());
+                    pushed.refused = own;
+                    if let Some(peer) = session.peer()
+                        && let Err(e) = self.ctx.record_reported(peer, &relayed).await
+                    {
+                        tracing::warn!(remote = self.name(), error = %e, "could not record refusals");
+                    }
                     let outcome = if pushed.refused.is_empty() {
                         "applied"
                     } else {
@@ -817,6 +827,7 @@ impl RemoteShared {
             self.clear_refusals(&accepted, &peer).await;
         }
         self.ctx.refusals_recorded(&records);
+        self.ctx.relay_refusals(&records).await;
         for r in &records {
             telemetry::ops_refused_by_peer(&r.error.kind, 1);
         }
@@ -1059,6 +1070,9 @@ impl RemoteShared {
                 )),
             });
         }
+        if let Err(e) = self.ctx.record_reported(&peer, &pulled.refused).await {
+            tracing::warn!(remote = self.name(), error = %e, "could not record refusals");
+        }
         if pulled.cursor < cursor {
             return Err(Error::malformed(format!(
                 "remote {} moved the cursor back from {cursor} to {}",
@@ -1124,9 +1138,12 @@ impl RemoteShared {
             }
             s.last_success_ms = Some(now);
         });
-        if pulled.cursor > cursor {
+        // Refusals others reported of operations this remote sent us travel back with the
+        // acknowledgement.
+        self.unreported.lock().extend(self.ctx.take_relayed(&peer));
+        if pulled.cursor > cursor || !self.unreported.lock().is_empty() {
             // Seed 004's acknowledgeStrands: tell the responder how far we durably applied, and
-            // which operations we refused.
+            // which operations we (or reactors after us) refused.
             let refused = std::mem::take(&mut *self.unreported.lock());
             let ack = Request::Ack(Ack {
                 listener_id,

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::remote::TaskGroup;
-use super::state::{ListenerRecord, RefusalRecord};
+use super::state::ListenerRecord;
 use super::{ListenerStatus, SyncContext};
 use crate::channel::JobStatus;
 use crate::error::{Error, ErrorKind, Result, WireError};
@@ -95,6 +95,7 @@ impl SyncContext {
                 verdicts.refused.push(Refusal {
                     id: op.id,
                     error: WireError::from(&e),
+                    by: None,
                 });
                 continue;
             }
@@ -377,14 +378,13 @@ impl Responder {
             head: page.head,
             has_more: cut || covered < page.head,
             push_result,
+            refused: self.ctx.take_relayed(&peer),
         }))
     }
 
     async fn ack(&self, peer: ReactorId, a: Ack) -> Result<Response> {
         let mut listener = self.listener(&a.listener_id, &peer)?;
-        if !a.refused.is_empty() {
-            self.record_refusals(&peer, &a.refused).await?;
-        }
+        self.ctx.record_reported(&peer, &a.refused).await?;
         if a.cursor > listener.cursor {
             listener.cursor = a.cursor;
             self.ctx.state.put_listener(&listener).await?;
@@ -396,43 +396,12 @@ impl Responder {
         Ok(Response::Acked(Acked {}))
     }
 
-    /// Records a pulling peer's refusals of operations we hold.
-    async fn record_refusals(&self, peer: &ReactorId, refused: &[Refusal]) -> Result<()> {
-        let remote = self
-            .ctx
-            .remotes_of(peer)
-            .first()
-            .map(|r| r.config.name.clone());
-        let now = self.ctx.now_ms();
-        let mut records = Vec::with_capacity(refused.len());
-        for r in refused {
-            let Some(stored) = self.ctx.store.get(&r.id).await? else {
-                continue;
-            };
-            tracing::warn!(
-                peer = %peer, op = %r.id, strand = %stored.op.strand(), error = %r.error.message,
-                "a pulling peer refused an operation"
-            );
-            telemetry::ops_refused_by_peer(&r.error.kind, 1);
-            records.push(RefusalRecord::new(
-                &stored.op,
-                peer.clone(),
-                remote.clone(),
-                r.error.clone(),
-                now,
-            ));
-        }
-        self.ctx.state.put_refusals(&records, None).await?;
-        self.ctx.refusals_recorded(&records);
-        Ok(())
-    }
-
     async fn push(&self, peer: ReactorId, p: Push) -> Result<Response> {
         let ops = StrandUpdate::into_operations(p.strands);
         let n = ops.len();
         let Verdicts {
             accepted: ops,
-            refused,
+            mut refused,
         } = self.ctx.verify_incoming(ops, &peer, true)?;
         for r in self.ctx.remotes_of(&peer) {
             self.ctx.scheduler.observe(
@@ -450,7 +419,7 @@ impl Responder {
                     p.job_id,
                     JobKind::Apply {
                         ops,
-                        source: peer,
+                        source: peer.clone(),
                         meta: Vec::new(),
                     },
                 )
@@ -468,7 +437,11 @@ impl Responder {
             applied: summary.new as u32,
             duplicates: summary.duplicates as u32,
             head: summary.head,
-            refused,
+            refused: {
+                // Refusals others reported of operations this peer sent us ride along.
+                refused.extend(self.ctx.take_relayed(&peer));
+                refused
+            },
         }))
     }
 

@@ -343,3 +343,88 @@ async fn a_forged_origin_cannot_keep_a_reactor_from_converging() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.store().head().await.unwrap().0, 1);
 }
+
+/// A writer whose operation is refused two hops away learns it: the middle reactor records
+/// the refusal and passes it on towards the operation's origin, on the next answer to a pull
+/// (here w pulls from r in ping-pong) or with its acknowledgement (here r pulls from w2). The
+/// writer's view honours it where the middle reactor is its authority for the document.
+#[tokio::test]
+async fn a_refusal_travels_back_through_a_relay_to_the_origin() {
+    let net = MemoryNetwork::new();
+    // p refuses writes by r to private/*.
+    let rules = RulePermissions::new(vec![PeerRule {
+        peer: "r".into(),
+        token: None,
+        read: Filter::all(),
+        write: Filter::documents(["inbox/*"]),
+    }])
+    .unwrap();
+    let p = Reactor::builder(ReactorId::new("p").unwrap())
+        .store(Arc::new(MemoryStore::new()))
+        .transport(net.transport("p"))
+        .permissions(Arc::new(rules))
+        .config(fast_config())
+        .seed(5)
+        .start()
+        .await
+        .unwrap();
+    p.listen("mem://p").await.unwrap();
+    let r = start_on(&net, "r", Arc::new(MemoryStore::new()), fast_config(), 6)
+        .await
+        .unwrap();
+    let w = start_on(&net, "w", Arc::new(MemoryStore::new()), fast_config(), 7)
+        .await
+        .unwrap();
+    let w2 = start_on(&net, "w2", Arc::new(MemoryStore::new()), fast_config(), 8)
+        .await
+        .unwrap();
+    r.sync()
+        .add_remote(remote("p", SyncMode::Push))
+        .await
+        .unwrap();
+    // w dials r (ping-pong: it pushes, and pulls r's answers); r pulls from w2.
+    let mut to_r = remote("r", SyncMode::PingPong);
+    to_r.authority = Some(Filter::documents(["private/*"]));
+    w.sync().add_remote(to_r).await.unwrap();
+    r.sync()
+        .add_remote(remote("w2", SyncMode::Pull))
+        .await
+        .unwrap();
+    w.submit(set("private/w", "x", 1)).await.unwrap();
+    w.submit(set("inbox/w", "x", 1)).await.unwrap();
+    w2.submit(set("private/w2", "x", 2)).await.unwrap();
+
+    for (writer, doc) in [(&w, "private/w"), (&w2, "private/w2")] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let refusal = loop {
+            let found = writer.sync().refusals().await.unwrap();
+            if let Some(f) = found.into_iter().find(|f| f.strand == strand(doc)) {
+                break f;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never learned that p refused its operation",
+                writer.id()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(refusal.by.as_str(), "p", "{refusal:?}");
+        assert_eq!(refusal.error.kind, "permission_denied");
+    }
+    // r records it too, as the one that pushed it to p.
+    assert_eq!(r.sync().refusals().await.unwrap().len(), 2);
+    // w made r its authority for private/*: the refused write leaves w's view.
+    assert_eq!(
+        w.document(&strand("private/w")).await.unwrap().state,
+        json!({})
+    );
+    assert_eq!(
+        w2.document(&strand("private/w2")).await.unwrap().state,
+        json!({"x": 2}),
+        "w2 has no authority"
+    );
+    assert_eq!(
+        p.document(&strand("inbox/w")).await.unwrap().state,
+        json!({"x": 1})
+    );
+}
