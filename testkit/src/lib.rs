@@ -103,6 +103,26 @@ pub async fn start_custom(
     Ok(reactor)
 }
 
+/// Starts reactor `name` on `net` with a fresh memory store, holding its peers to `rules`.
+pub async fn start_with_rules(
+    net: &MemoryNetwork,
+    name: &str,
+    seed: u64,
+    rules: Vec<syncline_core::PeerRule>,
+) -> Result<Reactor> {
+    let rules = Arc::new(syncline_core::RulePermissions::new(rules)?);
+    start_custom(
+        net,
+        name,
+        Arc::new(MemoryStore::new()),
+        fast_config(),
+        seed,
+        Arc::new(SystemClock),
+        |b| b.permissions(rules),
+    )
+    .await
+}
+
 /// Starts a reactor with a fresh memory store.
 pub async fn start_memory(net: &MemoryNetwork, name: &str, seed: u64) -> Result<Reactor> {
     start_on(net, name, Arc::new(MemoryStore::new()), fast_config(), seed).await

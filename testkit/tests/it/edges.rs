@@ -9,10 +9,12 @@ use serde_json::json;
 use syncline_core::store::{ApplyBatch, IncomingOp};
 use syncline_core::testing::op_at;
 use syncline_core::{
-    DynStore, ErrorKind, Filter, ManualClock, MemoryStore, NewAction, PeerRule, Reactor, ReactorId,
-    RemoteConfig, RulePermissions, StrandId, Submission, SyncMode,
+    DynStore, ErrorKind, Filter, ManualClock, MemoryStore, NewAction, PeerRule, RemoteConfig,
+    StrandId, Submission, SyncMode,
 };
-use syncline_testkit::{fast_config, read_all, start_on, start_with_clock, wait_for_count};
+use syncline_testkit::{
+    fast_config, read_all, start_on, start_with_clock, start_with_rules, wait_for_count,
+};
 use syncline_transport_memory::MemoryNetwork;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -34,26 +36,14 @@ fn strand(doc: &str) -> StrandId {
     StrandId::parse(doc, None, None).unwrap()
 }
 
-/// Reactor `b` letting `a` write `inbox/*` only.
-async fn guarded_b(net: &MemoryNetwork, store: DynStore) -> Reactor {
-    let rules = RulePermissions::new(vec![PeerRule {
-        peer: "a".into(),
+/// A rule letting `peer` read everything and write `inbox/*` only.
+fn inbox_only(peer: &str) -> Vec<PeerRule> {
+    vec![PeerRule {
+        peer: peer.into(),
         token: None,
         read: Filter::all(),
         write: Filter::documents(["inbox/*"]),
-    }])
-    .unwrap();
-    let b = Reactor::builder(ReactorId::new("b").unwrap())
-        .store(store)
-        .transport(net.transport("b"))
-        .permissions(Arc::new(rules))
-        .config(fast_config())
-        .seed(2)
-        .start()
-        .await
-        .unwrap();
-    b.listen("mem://b").await.unwrap();
-    b
+    }]
 }
 
 /// One batch holds allowed and forbidden operations: the receiver applies the allowed ones and
@@ -65,7 +55,9 @@ async fn guarded_b(net: &MemoryNetwork, store: DynStore) -> Reactor {
 #[tokio::test]
 async fn a_mixed_batch_applies_what_is_allowed_and_the_writer_learns_the_rest() {
     let net = MemoryNetwork::new();
-    let b = guarded_b(&net, Arc::new(MemoryStore::new())).await;
+    let b = start_with_rules(&net, "b", 2, inbox_only("a"))
+        .await
+        .unwrap();
     let a_store: DynStore = Arc::new(MemoryStore::new());
     let a = start_on(&net, "a", a_store.clone(), fast_config(), 1)
         .await
@@ -352,23 +344,9 @@ async fn a_forged_origin_cannot_keep_a_reactor_from_converging() {
 async fn a_refusal_travels_back_through_a_relay_to_the_origin() {
     let net = MemoryNetwork::new();
     // p refuses writes by r to private/*.
-    let rules = RulePermissions::new(vec![PeerRule {
-        peer: "r".into(),
-        token: None,
-        read: Filter::all(),
-        write: Filter::documents(["inbox/*"]),
-    }])
-    .unwrap();
-    let p = Reactor::builder(ReactorId::new("p").unwrap())
-        .store(Arc::new(MemoryStore::new()))
-        .transport(net.transport("p"))
-        .permissions(Arc::new(rules))
-        .config(fast_config())
-        .seed(5)
-        .start()
+    let p = start_with_rules(&net, "p", 5, inbox_only("r"))
         .await
         .unwrap();
-    p.listen("mem://p").await.unwrap();
     let r = start_on(&net, "r", Arc::new(MemoryStore::new()), fast_config(), 6)
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use syncline_core::filter::ReadFilter;
 use syncline_core::sync::{Direction, SyncState};
 use syncline_core::{
     DynStore, ErrorKind, Filter, JobStatus, MemoryStore, NewAction, Ordinal, PeerRule, Reactor,
-    ReactorId, RemoteConfig, RetryPolicy, RulePermissions, StrandId, Submission, SyncMode,
+    ReactorId, RemoteConfig, RetryPolicy, StrandId, Submission, SyncMode,
 };
 use syncline_testkit::{
     fast_config, read_all, start_memory, start_on, submit_increments, wait_for_count,
@@ -435,23 +435,15 @@ async fn transient_failures_are_retried_until_delivered_never_dead_lettered() {
 #[tokio::test]
 async fn permanent_errors_are_not_retried_and_permissions_hold() {
     let net = MemoryNetwork::new();
-    let rules = RulePermissions::new(vec![PeerRule {
+    let rules = vec![PeerRule {
         peer: "a".into(),
         token: Some("secret".into()),
         read: Filter::documents(["public/*"]),
         write: Filter::documents(["inbox/*"]),
-    }])
-    .unwrap();
-    let b = Reactor::builder(ReactorId::new("b").unwrap())
-        .store(Arc::new(MemoryStore::new()))
-        .transport(net.transport("b"))
-        .permissions(Arc::new(rules))
-        .config(fast_config())
-        .seed(2)
-        .start()
+    }];
+    let b = syncline_testkit::start_with_rules(&net, "b", 2, rules)
         .await
         .unwrap();
-    b.listen("mem://b").await.unwrap();
     submit_to(&b, "public/one", "global", "main", 2).await;
     submit_to(&b, "private/one", "global", "main", 3).await;
     let a = start_memory(&net, "a", 1).await.unwrap();
