@@ -92,6 +92,18 @@ pub(crate) fn ops_refused_by_peer(kind: &str, n: usize) {
     counter!("syncline_ops_refused_by_peer_total", "reason" => kind.to_owned()).increment(n as u64);
 }
 
+/// Registers a remote's series at zero, so that they exist (and alerts can be written on
+/// them) before the first event: connected 0, lags, dead letters and retries.
+pub(crate) fn remote_started(remote: &str, outbox_lag: u64, inbox_lag: u64) {
+    connected(remote, false);
+    lag(remote, outbox_lag, inbox_lag);
+    counter!("syncline_dead_letters_total", "remote" => remote.to_owned()).increment(0);
+    for direction in ["push", "pull"] {
+        counter!("syncline_retries_total", "remote" => remote.to_owned(), "direction" => direction)
+            .increment(0);
+    }
+}
+
 /// Lag of a remote, in operations.
 pub(crate) fn lag(remote: &str, outbox: u64, inbox: u64) {
     gauge!("syncline_outbox_lag_ops", "remote" => remote.to_owned()).set(outbox as f64);
@@ -129,6 +141,10 @@ pub(crate) fn frame_rejected(reason: &'static str) {
 /// it once after installing the exporter.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    // Counters an operator alerts on exist from the start, at zero.
+    for reason in ["transport", "too_large", "protocol_version", "malformed"] {
+        counter!("syncline_frames_rejected_total", "reason" => reason).increment(0);
+    }
     describe_gauge!(
         "syncline_queue_depth_jobs",
         Unit::Count,

@@ -227,6 +227,10 @@ impl RemoteShared {
             unreported: Mutex::new(Vec::new()),
             config,
         });
+        {
+            let s = shared.status_now();
+            telemetry::remote_started(shared.name(), s.outbox_lag, s.inbox_lag);
+        }
         let mut tasks = TaskGroup::default();
         tasks.spawn(shared.clone().connect_loop());
         if shared.config.mode.pushes() {
@@ -262,7 +266,20 @@ impl RemoteShared {
     pub(crate) fn on_written(&self, _written: &OperationsWritten) {
         if self.config.mode.pushes() {
             self.wake_push.notify_one();
+            // The lag grows with every write while the remote is away: the gauge says so.
+            self.report_lag();
         }
+    }
+
+    fn report_lag_after_pull(&self, inbox_lag: u64) {
+        let s = self.status_now();
+        telemetry::lag(self.name(), s.outbox_lag, inbox_lag);
+    }
+
+    /// Sets the lag gauges from the status.
+    fn report_lag(&self) {
+        let s = self.status_now();
+        telemetry::lag(self.name(), s.outbox_lag, s.inbox_lag);
     }
 
     pub(crate) fn status_now(&self) -> RemoteStatus {
@@ -567,8 +584,7 @@ impl RemoteShared {
     fn commit_outbox(&self, at: Ordinal, saver: &watch::Sender<Ordinal>) {
         self.status.send_modify(|s| s.outbox_cursor = at);
         saver.send_replace(at);
-        let s = self.status_now();
-        telemetry::lag(self.name(), s.outbox_lag, s.inbox_lag);
+        self.report_lag();
     }
 
     async fn push_loop(
@@ -1129,6 +1145,7 @@ impl RemoteShared {
         self.channel.inbox.remove(&handle);
         self.inbox_cursor.store(pulled.cursor.0, Ordering::SeqCst);
         telemetry::pull_done(self.name(), n, reply.response_bytes, true, rtt);
+        self.report_lag_after_pull(pulled.head.0.saturating_sub(pulled.cursor.0));
         let now = self.ctx.now_ms();
         self.status.send_modify(|s| {
             s.inbox_cursor = pulled.cursor;

@@ -253,3 +253,89 @@ fn three_nodes_over_three_transports_survive_sigkill() {
         assert_eq!(r["dead_letters"], 0, "{r}");
     }
 }
+
+/// Reads one sample (`name{labels} value`) from a Prometheus text page.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// What an operator alerts on tells the truth during an outage: a remote that never connected
+/// has its series (connected 0, dead letters 0), and the outbox lag gauge follows the writes
+/// as the API does, then drops to 0 once the peer is up and has everything.
+#[test]
+fn metrics_tell_the_truth_while_a_peer_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ha, hb) = (free_port(), free_port());
+    let toml = |name: &str, port: u16, remote: Option<u16>| {
+        let mut t = format!(
+            "node_id = \"{name}\"\ndata_dir = \"{}\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n[sync]\nrequest_timeout = 2000\n",
+            dir.path().display()
+        );
+        if let Some(r) = remote {
+            t.push_str(&format!(
+                "[[remotes]]\nname = \"b\"\nurl = \"ws://127.0.0.1:{r}\"\nmode = \"push\"\n"
+            ));
+        }
+        t
+    };
+    let a = NodeProc::start(dir.path(), "a", ha, &toml("a", ha, Some(hb)));
+    syncline::install_crypto();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let metrics = || {
+        client
+            .get(format!("{}/metrics", a.http))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let text = metrics();
+    assert_eq!(
+        sample(&text, "syncline_remote_connected{remote=\"b\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "syncline_dead_letters_total{remote=\"b\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "syncline_frames_rejected_total{reason=\"malformed\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    for round in 1..=3 {
+        assert!(post(&client, &a.http, "doc", 100));
+        let api = get(&client, &format!("{}/v1/remotes/b", a.http)).unwrap();
+        assert_eq!(api["outbox_lag"], 100 * round, "{api}");
+        let text = metrics();
+        assert_eq!(
+            sample(&text, "syncline_outbox_lag_ops{remote=\"b\"}"),
+            Some((100 * round) as f64),
+            "the gauge agrees with the API after {} writes:\n{text}",
+            100 * round
+        );
+    }
+    let _b = NodeProc::start(dir.path(), "b", hb, &toml("b", hb, None));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = metrics();
+        if sample(&text, "syncline_outbox_lag_ops{remote=\"b\"}") == Some(0.0)
+            && sample(&text, "syncline_remote_connected{remote=\"b\"}") == Some(1.0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
