@@ -50,6 +50,7 @@ impl Inner {
 pub struct MemoryStore {
     inner: RwLock<Inner>,
     fail_next: AtomicUsize,
+    poison: RwLock<Option<String>>,
 }
 
 impl MemoryStore {
@@ -67,6 +68,12 @@ impl MemoryStore {
     /// executor's and the sync manager's error paths).
     pub fn fail_next_applies(&self, n: usize) {
         self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every apply holding an operation of `document` fail with a storage error, as a
+    /// store that cannot take one particular record would (for tests of commit isolation).
+    pub fn fail_applies_of(&self, document: &str) {
+        *self.poison.write() = Some(document.to_owned());
     }
 
     /// Number of stored operations.
@@ -93,6 +100,14 @@ impl OperationStore for MemoryStore {
             return Err(Error::new(
                 ErrorKind::Storage,
                 "memory store: injected apply failure",
+            ));
+        }
+        if let Some(doc) = self.poison.read().as_deref()
+            && batch.ops.iter().any(|o| o.op.document_id.as_str() == doc)
+        {
+            return Err(Error::new(
+                ErrorKind::Storage,
+                format!("memory store: injected failure for an operation of {doc}"),
             ));
         }
         let mut inner = self.inner.write();
