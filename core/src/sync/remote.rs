@@ -136,7 +136,10 @@ pub(crate) struct RemoteShared {
     pub(crate) wake_push: Notify,
     pub(crate) wake_pull: Notify,
     record: Mutex<RemoteRecord>,
-    requeue_tx: mpsc::UnboundedSender<DeadLetter>,
+    /// Dead letters to send again (bounded by the push window).
+    requeue_tx: mpsc::Sender<DeadLetter>,
+    /// Dead letters being sent again, so that one is never delivered twice at once.
+    requeued: Mutex<std::collections::BTreeSet<String>>,
     draining: AtomicBool,
     inbox_cursor: AtomicU64,
     piggy: Mutex<VecDeque<Piggy>>,
@@ -209,7 +212,7 @@ impl RemoteShared {
             dead_letters,
             ..RemoteStatus::default()
         };
-        let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
+        let (requeue_tx, requeue_rx) = mpsc::channel(ctx.config.push_window.max(1));
         let shared = Arc::new(RemoteShared {
             ctx,
             responder,
@@ -221,6 +224,7 @@ impl RemoteShared {
             wake_pull: Notify::new(),
             record: Mutex::new(record),
             requeue_tx,
+            requeued: Mutex::new(std::collections::BTreeSet::new()),
             draining: AtomicBool::new(false),
             inbox_cursor: AtomicU64::new(inbox.0),
             piggy: Mutex::new(VecDeque::new()),
@@ -318,9 +322,35 @@ impl RemoteShared {
                 self.name()
             )));
         }
-        self.requeue_tx
-            .send(letter)
-            .map_err(|_| Error::closed(format!("remote {} is stopped", self.name())))
+        let mut requeued = self.requeued.lock();
+        if requeued.contains(&letter.id) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "dead letter {} is already being sent to remote {} again",
+                    letter.id,
+                    self.name()
+                ),
+            ));
+        }
+        let id = letter.id.clone();
+        match self.requeue_tx.try_send(letter) {
+            Ok(()) => {
+                requeued.insert(id);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::new(
+                ErrorKind::Backpressure,
+                format!(
+                    "remote {} already has {} dead letters waiting to be sent again; try later",
+                    self.name(),
+                    self.ctx.config.push_window
+                ),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Error::closed(format!("remote {} is stopped", self.name())))
+            }
+        }
     }
 
     pub(crate) async fn directory(&self, filter: Filter) -> Result<Vec<StrandHead>> {
@@ -589,7 +619,7 @@ impl RemoteShared {
 
     async fn push_loop(
         self: Arc<Self>,
-        mut requeue_rx: mpsc::UnboundedReceiver<DeadLetter>,
+        mut requeue_rx: mpsc::Receiver<DeadLetter>,
         saver: watch::Sender<Ordinal>,
     ) {
         // What counts as an echo depends on who the remote is: learn that before reading.
@@ -656,13 +686,21 @@ impl RemoteShared {
                 _ = self.until_stopped() => break,
                 Some((handle, delivery, requeued)) = inflight.next(), if !inflight.is_empty() => {
                     self.channel.outbox.remove(&handle);
+                    if requeued {
+                        self.requeued.lock().remove(&handle.id().to_string());
+                    }
                     if !requeued && delivery != Delivery::Stopped
                         && let Some(c) = window.finish(handle.range().0) {
                             self.commit_outbox(c, &saver);
                         }
                 }
-                Some(letter) = requeue_rx.recv() => {
-                    let id = letter.id.parse::<JobId>().unwrap_or_else(|_| self.ctx.entropy.job_id());
+                // Requeued batches count against the push window like any other.
+                Some(letter) = requeue_rx.recv(), if inflight.len() < max_in_flight => {
+                    let Ok(id) = letter.id.parse::<JobId>() else {
+                        self.requeued.lock().remove(&letter.id);
+                        tracing::warn!(remote = self.name(), letter = %letter.id, "a dead letter's id is not a job id; not sent again");
+                        continue;
+                    };
                     let ops = letter.operations.into_iter().map(Arc::new).collect();
                     let handle = JobHandle::new(id, ops, letter.range);
                     self.channel.outbox.push(handle.clone());

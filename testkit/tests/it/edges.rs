@@ -406,3 +406,58 @@ async fn a_refusal_travels_back_through_a_relay_to_the_origin() {
         json!({"x": 1})
     );
 }
+
+/// A dead letter is sent again at most once at a time: a second requeue while the first is
+/// still on its way is refused (it used to start a second, concurrent delivery of the same
+/// batch), and once the first ended it may be requeued again.
+#[tokio::test]
+async fn a_dead_letter_is_requeued_once_at_a_time() {
+    let net = MemoryNetwork::new();
+    let b = start_with_rules(&net, "b", 2, inbox_only("a"))
+        .await
+        .unwrap();
+    let a = start_on(&net, "a", Arc::new(MemoryStore::new()), fast_config(), 1)
+        .await
+        .unwrap();
+    a.submit(set("private/one", "x", 1)).await.unwrap();
+    a.sync()
+        .add_remote(remote("b", SyncMode::Push))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let letter = loop {
+        if let Some(l) = a.sync().dead_letters().await.unwrap().pop() {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // With b down, the requeued batch waits for a connection: it is in flight.
+    b.crash().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.sync().requeue_dead_letter(&letter.id).await.unwrap();
+    let err = a
+        .sync()
+        .requeue_dead_letter(&letter.id)
+        .await
+        .expect_err("already being sent again");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    // b comes back, refuses again; then the letter may be requeued again.
+    let _b = start_with_rules(&net, "b", 12, inbox_only("a"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match a.sync().requeue_dead_letter(&letter.id).await {
+            Ok(()) => break,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first requeue never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.sync().dead_letters().await.unwrap().len(), 1);
+}
