@@ -24,6 +24,10 @@ use crate::types::{ActionType, DocumentType, OpId, ReactorId, SortKey, StrandId}
 /// Operations folded per store read.
 const PAGE: usize = 4096;
 
+/// Snapshots kept per cached strand: the most recent ones (late operations land near the
+/// tail); a rollback before the oldest kept one folds the strand from its start.
+pub const MAX_SNAPSHOTS: usize = 16;
+
 /// A strand's state as the view computed it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DocumentState {
@@ -91,10 +95,10 @@ type Dirty = Arc<Mutex<HashMap<StrandId, Option<SortKey>>>>;
 pub struct DocumentView {
     store: DynStore,
     models: Arc<ModelRegistry>,
-    slots: Mutex<HashMap<StrandId, Slot>>,
+    /// Cached strands, least recently used first out.
+    slots: Mutex<lru::LruCache<StrandId, Slot>>,
     dirty: Dirty,
     snapshot_every: u64,
-    max_cached: usize,
     exclusions: Arc<Exclusions>,
 }
 
@@ -144,10 +148,11 @@ impl DocumentView {
         DocumentView {
             store,
             models,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(max_cached.max(1)).expect("at least 1"),
+            )),
             dirty,
             snapshot_every: snapshot_every.max(1),
-            max_cached: max_cached.max(1),
             exclusions,
         }
     }
@@ -157,15 +162,26 @@ impl DocumentView {
         if let Some(s) = slots.get(strand) {
             return s.clone();
         }
-        if slots.len() >= self.max_cached
-            && let Some(victim) = slots.keys().next().cloned()
-        {
-            slots.remove(&victim);
+        let s: Slot = Arc::default();
+        // Over the bound, the least recently read strand leaves the cache.
+        if let Some((victim, _)) = slots.push(strand.clone(), s.clone()) {
             self.dirty.lock().remove(&victim);
         }
-        let s: Slot = Arc::default();
-        slots.insert(strand.clone(), s.clone());
         s
+    }
+
+    /// Whether a strand's view is cached (without counting as a use).
+    pub fn is_cached(&self, strand: &StrandId) -> bool {
+        self.slots.lock().contains(strand)
+    }
+
+    /// Snapshots held for a cached strand (0 if not cached).
+    pub async fn snapshots(&self, strand: &StrandId) -> usize {
+        let slot = self.slots.lock().peek(strand).cloned();
+        match slot {
+            Some(s) => s.lock().await.as_ref().map_or(0, |c| c.snapshots.len()),
+            None => 0,
+        }
     }
 
     async fn refresh(&self, strand: &StrandId, cached: &mut Option<Cached>) -> Result<()> {
@@ -225,6 +241,9 @@ impl DocumentView {
                 c.len += 1;
                 c.last = Some(key);
                 if c.len.is_multiple_of(self.snapshot_every) {
+                    if c.snapshots.len() >= MAX_SNAPSHOTS {
+                        c.snapshots.remove(0);
+                    }
                     c.snapshots.push(Snapshot {
                         len: c.len,
                         last: key,

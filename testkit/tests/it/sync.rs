@@ -821,3 +821,81 @@ async fn a_stopped_reactor_lets_go_of_its_store() {
         }
     }
 }
+
+/// The view cache is bounded: the least recently read strand leaves it, and a strand keeps at
+/// most `MAX_SNAPSHOTS` snapshots; a late operation that sorts before the oldest kept snapshot
+/// folds the strand from its start and still agrees with a fresh view.
+#[tokio::test]
+async fn the_view_cache_evicts_the_least_recently_used_and_bounds_snapshots() {
+    use syncline_core::ManualClock;
+    use syncline_core::view::MAX_SNAPSHOTS;
+    let net = MemoryNetwork::new();
+    let mut config = fast_config();
+    config.snapshot_every = 4;
+    config.max_cached_views = 2;
+    let a = syncline_testkit::start_with_clock(
+        &net,
+        "a",
+        Arc::new(MemoryStore::new()),
+        config.clone(),
+        1,
+        Arc::new(ManualClock::new(2_000_000)),
+    )
+    .await
+    .unwrap();
+    let b = syncline_testkit::start_with_clock(
+        &net,
+        "b",
+        Arc::new(MemoryStore::new()),
+        config,
+        2,
+        Arc::new(ManualClock::new(1_900_000)),
+    )
+    .await
+    .unwrap();
+    let (x, y, z) = (
+        StrandId::parse("x", None, None).unwrap(),
+        StrandId::parse("y", None, None).unwrap(),
+        StrandId::parse("z", None, None).unwrap(),
+    );
+    submit_increments(&a, "x", 100, 10).await.unwrap();
+    submit_increments(&a, "y", 1, 1).await.unwrap();
+    submit_increments(&a, "z", 1, 1).await.unwrap();
+    a.document(&x).await.unwrap();
+    a.document(&y).await.unwrap();
+    a.document(&x).await.unwrap();
+    a.document(&z).await.unwrap();
+    assert!(a.view().is_cached(&x), "read last but one");
+    assert!(!a.view().is_cached(&y), "the least recently read leaves");
+    assert!(a.view().is_cached(&z));
+    assert_eq!(
+        a.view().snapshots(&x).await,
+        MAX_SNAPSHOTS,
+        "100 / 4 = 25 made, 16 kept"
+    );
+    // b's clock is behind: its operation sorts before all of a's, before every kept snapshot.
+    b.submit(Submission::json("x", [("set", json!({"path": "/n", "value": 1000}))]).unwrap())
+        .await
+        .unwrap();
+    b.sync()
+        .add_remote(remote("a", SyncMode::Push))
+        .await
+        .unwrap();
+    b.sync().wait_for_sync("a", WAIT).await.unwrap();
+    let view = a.document(&x).await.unwrap();
+    assert_eq!(view.revision, 101);
+    assert_eq!(
+        view.state,
+        json!({"n": 1100}),
+        "set first, then 100 increments"
+    );
+    let fresh = syncline_core::DocumentView::new(
+        a.store().clone(),
+        Arc::new(syncline_core::ModelRegistry::default()),
+        &syncline_core::EventBus::new(),
+        4,
+        2,
+        Arc::default(),
+    );
+    assert_eq!(fresh.state(&x).await.unwrap(), view);
+}
