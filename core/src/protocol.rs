@@ -43,7 +43,7 @@ pub struct Hello {
     /// A bearer token, if the remote requires one.
     #[serde(default)]
     pub credentials: Option<String>,
-    /// Optional features (none are defined in version 1).
+    /// Optional features (none are defined yet).
     #[serde(default)]
     pub capabilities: Vec<String>,
 }
