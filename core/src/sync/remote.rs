@@ -275,11 +275,6 @@ impl RemoteShared {
         }
     }
 
-    fn report_lag_after_pull(&self, inbox_lag: u64) {
-        let s = self.status_now();
-        telemetry::lag(self.name(), s.outbox_lag, inbox_lag);
-    }
-
     /// Sets the lag gauges from the status.
     fn report_lag(&self) {
         let s = self.status_now();
@@ -836,6 +831,10 @@ impl RemoteShared {
             ));
             ops.push((**op).clone());
         }
+        if records.is_empty() {
+            // Nothing of this batch was refused after all: no empty dead letter.
+            return true;
+        }
         let error = match records.as_slice() {
             [one] => one.error.clone(),
             many => WireError {
@@ -1183,7 +1182,6 @@ impl RemoteShared {
         self.channel.inbox.remove(&handle);
         self.inbox_cursor.store(pulled.cursor.0, Ordering::SeqCst);
         telemetry::pull_done(self.name(), n, reply.response_bytes, true, rtt);
-        self.report_lag_after_pull(pulled.head.0.saturating_sub(pulled.cursor.0));
         let now = self.ctx.now_ms();
         self.status.send_modify(|s| {
             s.inbox_cursor = pulled.cursor;
@@ -1193,6 +1191,7 @@ impl RemoteShared {
             }
             s.last_success_ms = Some(now);
         });
+        self.report_lag();
         // Refusals others reported of operations this remote sent us travel back with the
         // acknowledgement.
         self.unreported.lock().extend(self.ctx.take_relayed(&peer));

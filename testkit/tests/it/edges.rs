@@ -9,21 +9,17 @@ use serde_json::json;
 use syncline_core::store::{ApplyBatch, IncomingOp};
 use syncline_core::testing::op_at;
 use syncline_core::{
-    DynStore, ErrorKind, Filter, ManualClock, MemoryStore, NewAction, PeerRule, RemoteConfig,
-    StrandId, Submission, SyncMode,
+    DynStore, ErrorKind, Filter, ManualClock, MemoryStore, NewAction, PeerRule, StrandId,
+    Submission, SyncMode,
 };
 use syncline_testkit::{
     fast_config, read_all, start_on, start_with_clock, start_with_rules, wait_for_count,
 };
 use syncline_transport_memory::MemoryNetwork;
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::sync::remote;
 
-fn remote(name: &str, mode: SyncMode) -> RemoteConfig {
-    RemoteConfig::new(name, &format!("mem://{name}"))
-        .unwrap()
-        .with_mode(mode)
-}
+const WAIT: Duration = Duration::from_secs(10);
 
 fn set(doc: &str, key: &str, value: i64) -> Submission {
     Submission::new(

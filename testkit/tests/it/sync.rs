@@ -20,7 +20,8 @@ use syncline_transport_memory::MemoryNetwork;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn remote(name: &str, mode: SyncMode) -> RemoteConfig {
+/// A remote reached over the memory transport at `mem://<name>`.
+pub(crate) fn remote(name: &str, mode: SyncMode) -> RemoteConfig {
     RemoteConfig::new(name, &format!("mem://{name}"))
         .unwrap()
         .with_mode(mode)
