@@ -15,6 +15,7 @@ pub mod events;
 pub mod exclusions;
 pub mod executor;
 pub mod filter;
+pub mod limits;
 pub mod memory_store;
 pub mod model;
 pub mod protocol;

@@ -132,6 +132,23 @@ pub(crate) fn frame_bytes(direction: &'static str, len: usize) {
     counter!("syncline_frames_total", "direction" => direction).increment(1);
 }
 
+/// Sessions peers hold open with us (that said hello).
+pub(crate) fn sessions(n: usize) {
+    gauge!("syncline_sessions").set(n as f64);
+}
+
+/// Pull listeners peers registered with us.
+pub(crate) fn listeners(n: usize) {
+    gauge!("syncline_listeners").set(n as f64);
+}
+
+/// A session a peer opened was refused or closed by a limit: no hello in time
+/// (`hello_timeout`), too many sessions (`max_sessions`), or its peer opened too many
+/// (`max_sessions_per_peer`, the oldest is closed).
+pub(crate) fn session_refused(reason: &'static str) {
+    counter!("syncline_sessions_refused_total", "reason" => reason).increment(1);
+}
+
 /// Frames received with an error answer (malformed, too large, wrong version).
 pub(crate) fn frame_rejected(reason: &'static str) {
     counter!("syncline_frames_rejected_total", "reason" => reason).increment(1);
@@ -145,6 +162,35 @@ pub fn describe() {
     for reason in ["transport", "too_large", "protocol_version", "malformed"] {
         counter!("syncline_frames_rejected_total", "reason" => reason).increment(0);
     }
+    for reason in ["hello_timeout", "max_sessions", "max_sessions_per_peer"] {
+        counter!("syncline_sessions_refused_total", "reason" => reason).increment(0);
+    }
+    describe_gauge!(
+        "syncline_sessions",
+        Unit::Count,
+        "Sessions peers hold open with this node (that said hello), every transport."
+    );
+    describe_gauge!(
+        "syncline_listeners",
+        Unit::Count,
+        "Pull listeners peers registered with this node."
+    );
+    describe_gauge!(
+        "syncline_connections",
+        Unit::Count,
+        "Open connections per listener (http, WebSockets included; quic)."
+    );
+    describe_counter!(
+        "syncline_connections_refused_total",
+        Unit::Count,
+        "Connections refused by a cap, by listener and reason (total, per_address)."
+    );
+    describe_counter!(
+        "syncline_sessions_refused_total",
+        Unit::Count,
+        "Sessions peers opened that a limit refused or closed, by reason (hello_timeout, \
+         max_sessions, max_sessions_per_peer)."
+    );
     describe_gauge!(
         "syncline_queue_depth_jobs",
         Unit::Count,

@@ -347,9 +347,20 @@ pub async fn sync_records_round_trip(h: &dyn StoreHarness) -> Result<()> {
         filter: Filter::documents(["x/*"]),
         cursor: Ordinal(3),
         created_ms: 12,
+        last_used_ms: 15,
     };
     state.put_listener(&listener).await?;
-    assert_eq!(state.listeners().await?, vec![listener], "{}", h.name());
+    assert_eq!(
+        state.listeners().await?,
+        vec![listener.clone()],
+        "{}",
+        h.name()
+    );
+    state
+        .delete_listeners(std::slice::from_ref(&listener.id))
+        .await?;
+    assert!(state.listeners().await?.is_empty(), "{}", h.name());
+    state.put_listener(&listener).await?;
     let letter = DeadLetter {
         id: "d1".into(),
         remote: b.clone(),

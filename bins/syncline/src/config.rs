@@ -58,6 +58,25 @@ pub struct ListenConfig {
     /// More listen URLs, for transports that listen by themselves (plugin transports such as
     /// `tcp://127.0.0.1:7000`).
     pub urls: Vec<String>,
+    /// Milliseconds a client has to send a request's headers on `http`; an idle keep-alive
+    /// connection is closed after as long.
+    pub header_timeout: u64,
+    /// Most open connections on each listener (`http`, `quic`).
+    pub max_connections: usize,
+    /// Most open connections from one IP address on each listener.
+    pub max_connections_per_address: usize,
+    /// Milliseconds an HTTP sync session may go unused before it is forgotten.
+    pub http_session_idle: u64,
+}
+
+impl ListenConfig {
+    /// The caps on open connections of each listener.
+    pub fn connection_limits(&self) -> syncline_core::limits::ConnectionLimits {
+        syncline_core::limits::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+        }
+    }
 }
 
 impl Default for ListenConfig {
@@ -67,6 +86,10 @@ impl Default for ListenConfig {
             quic: None,
             redis: None,
             urls: Vec::new(),
+            header_timeout: 10_000,
+            max_connections: 8192,
+            max_connections_per_address: 1024,
+            http_session_idle: 300_000,
         }
     }
 }
@@ -374,6 +397,22 @@ impl Config {
                          store plugin listed under [[plugins]]"
                     ),
                 ));
+            }
+        }
+        for (key, v) in [
+            ("listen.header_timeout", self.listen.header_timeout as usize),
+            ("listen.max_connections", self.listen.max_connections),
+            (
+                "listen.max_connections_per_address",
+                self.listen.max_connections_per_address,
+            ),
+            (
+                "listen.http_session_idle",
+                self.listen.http_session_idle as usize,
+            ),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be at least 1"));
             }
         }
         let mut names = std::collections::BTreeSet::new();

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod node;
 pub mod plugins;
+pub mod serve;
 
 pub use syncline_core as core;
 pub use syncline_scheduler as scheduler;

@@ -14,6 +14,7 @@ use syncline_core::{
 
 use crate::api::{AppState, router};
 use crate::config::{Config, compiled_features};
+use crate::serve::{HttpServer, ServerLimits};
 
 /// The process-wide Prometheus recorder (installed once).
 pub(crate) fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
@@ -166,6 +167,7 @@ async fn transports(
                 insecure: q.insecure,
                 max_frame_bytes: config.sync.max_frame_bytes,
                 reset_key: Some(quic_reset_key(store).await?),
+                connections: config.listen.connection_limits(),
                 ..Default::default()
             },
         ));
@@ -251,6 +253,7 @@ impl Node {
             accept.clone(),
             syncline_transport_http::ServerOptions {
                 max_body_bytes: config.sync.max_frame_bytes,
+                session_idle: Duration::from_millis(config.listen.http_session_idle),
                 ..Default::default()
             },
         ));
@@ -267,7 +270,12 @@ impl Node {
             .await
             .with_context(|| format!("listen.http: cannot listen on {}", config.listen.http))?;
         let http_addr = listener.local_addr()?;
-        let server = HttpServer::serve(listener, app);
+        let limits = ServerLimits {
+            header_timeout: Duration::from_millis(config.listen.header_timeout),
+            connections: config.listen.connection_limits(),
+        }
+        .fit_to_fd_limit();
+        let server = HttpServer::serve(listener, app, limits);
         let mut quic_addr = None;
         if let Some(addr) = config.listen.quic {
             let url = reactor
@@ -321,38 +329,6 @@ impl Node {
         }
         self.reactor.shutdown(grace).await;
         tracing::info!(node = %self.config.node_id, "syncline node stopped");
-    }
-}
-
-/// The node's HTTP server (API, metrics, and the HTTP and WebSocket sync endpoints), with
-/// graceful shutdown.
-struct HttpServer {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HttpServer {
-    fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let served = axum::serve(listener, service).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = served.await {
-                tracing::warn!(error = %e, "the HTTP server stopped");
-            }
-        });
-        HttpServer { stop, task }
-    }
-
-    /// Stops accepting and lets open requests finish, at most `grace`.
-    async fn shutdown(self, grace: Duration) {
-        let _ = self.stop.send(());
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            abort.abort();
-        }
     }
 }
 

@@ -34,6 +34,7 @@ use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
 use crate::session::{Session, SessionHandler, SessionLimits};
 use crate::store::DynStore;
+use crate::telemetry;
 use crate::transport::{Link, TransportRegistry, parse_url};
 use crate::types::{Ordinal, ReactorId, RemoteName, StrandHead, StrandId};
 
@@ -189,6 +190,21 @@ pub struct SyncConfig {
     /// Longest a pull is held open for a peer that asked to wait.
     #[serde(with = "crate::retry::millis")]
     pub max_pull_wait: Duration,
+    /// A session a peer opened is closed if it has not said hello within this time.
+    #[serde(with = "crate::retry::millis")]
+    pub hello_timeout: Duration,
+    /// Most sessions peers may hold open with us at once (every transport together); a hello
+    /// beyond it is refused as `unavailable`.
+    pub max_sessions: usize,
+    /// Most sessions one peer may hold open; its hello beyond it closes its oldest session.
+    pub max_sessions_per_peer: usize,
+    /// Most pull listeners kept; registering one more forgets the least recently used.
+    pub max_listeners: usize,
+    /// Most pull listeners one peer may have; one more forgets its least recently used.
+    pub max_listeners_per_peer: usize,
+    /// A listener nobody pulled with or acknowledged for this long is forgotten.
+    #[serde(with = "crate::retry::millis")]
+    pub listener_ttl: Duration,
 }
 
 /// When pushes ride on pulls.
@@ -226,6 +242,12 @@ impl Default for SyncConfig {
             piggyback: Piggyback::NonDuplex,
             long_poll: true,
             max_pull_wait: Duration::from_secs(25),
+            hello_timeout: Duration::from_secs(5),
+            max_sessions: 4096,
+            max_sessions_per_peer: 16,
+            max_listeners: 10_000,
+            max_listeners_per_peer: 16,
+            listener_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -241,6 +263,10 @@ impl SyncConfig {
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_action_bytes", self.max_action_bytes),
             ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_sessions", self.max_sessions),
+            ("max_sessions_per_peer", self.max_sessions_per_peer),
+            ("max_listeners", self.max_listeners),
+            ("max_listeners_per_peer", self.max_listeners_per_peer),
         ];
         for (k, v) in positive {
             if v == 0 {
@@ -261,8 +287,14 @@ impl SyncConfig {
                 self.max_action_bytes, self.max_frame_bytes
             )));
         }
-        if self.request_timeout.is_zero() {
-            return Err(Error::invalid("sync.request_timeout must be positive"));
+        for (k, v) in [
+            ("request_timeout", self.request_timeout),
+            ("hello_timeout", self.hello_timeout),
+            ("listener_ttl", self.listener_ttl),
+        ] {
+            if v.is_zero() {
+                return Err(Error::invalid(format!("sync.{k} must be positive")));
+            }
         }
         self.retry.validate("sync.retry")?;
         self.reconnect.validate("sync.reconnect")
@@ -877,7 +909,24 @@ impl SyncManager {
 
     /// Serves an accepted link.
     pub fn serve(&self, link: Link) -> Session {
-        Session::start(link, self.responder.clone(), self.ctx.config.limits())
+        let session = Session::start(link, self.responder.clone(), self.ctx.config.limits());
+        // A peer that connects must say who it is soon, or its connection is given back.
+        let s = session.clone();
+        let within = self.ctx.config.hello_timeout;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = s.closed() => {}
+                peer = s.wait_peer(within) => if peer.is_none() {
+                    tracing::debug!(
+                        transport = s.info().transport, peer = %s.info().peer,
+                        "no hello within {} ms; closing the session", within.as_millis()
+                    );
+                    telemetry::session_refused("hello_timeout");
+                    s.close();
+                }
+            }
+        });
+        session
     }
 
     /// Stops pushing new batches, waits up to `drain` for in-flight batches to be applied,

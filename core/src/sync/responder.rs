@@ -1,10 +1,10 @@
 //! The responder: serves peers' requests (seed 004's pull responder and push receiver) and
 //! pokes listening peers when new operations are written.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -38,7 +38,8 @@ struct PokeState {
 #[derive(Debug)]
 pub(crate) struct Responder {
     ctx: Arc<SyncContext>,
-    listeners: Mutex<HashMap<String, ListenerRecord>>,
+    /// Listeners by id, the most recently used first.
+    listeners: Mutex<LruCache<String, ListenerRecord>>,
     sessions: Mutex<Vec<Session>>,
     poke: Arc<PokeState>,
 }
@@ -139,13 +140,14 @@ impl SyncContext {
 
 impl Responder {
     pub(crate) async fn start(ctx: Arc<SyncContext>) -> Result<(Arc<Self>, TaskGroup)> {
-        let listeners = ctx
-            .state
-            .listeners()
-            .await?
-            .into_iter()
-            .map(|l| (l.id.clone(), l))
-            .collect();
+        let mut stored = ctx.state.listeners().await?;
+        // The least recently used first, so the most recently used ends up at the front.
+        stored.sort_by_key(|l| l.last_used_ms.max(l.created_ms));
+        let mut listeners = LruCache::unbounded();
+        for l in stored {
+            listeners.put(l.id.clone(), l);
+        }
+        telemetry::listeners(listeners.len());
         let poke = Arc::new(PokeState::default());
         let p = poke.clone();
         ctx.bus.on(move |event| {
@@ -170,6 +172,7 @@ impl Responder {
         });
         let mut tasks = TaskGroup::default();
         tasks.spawn(responder.clone().poke_loop());
+        tasks.spawn(responder.clone().expiry_loop());
         Ok((responder, tasks))
     }
 
@@ -177,8 +180,8 @@ impl Responder {
         let mut out: Vec<_> = self
             .listeners
             .lock()
-            .values()
-            .map(|l| ListenerStatus {
+            .iter()
+            .map(|(_, l)| ListenerStatus {
                 id: l.id.clone(),
                 peer: l.peer.clone(),
                 cursor: l.cursor,
@@ -206,6 +209,7 @@ impl Responder {
             let sessions: Vec<Session> = {
                 let mut s = self.sessions.lock();
                 s.retain(|x| !x.is_closed());
+                telemetry::sessions(s.len());
                 s.clone()
             };
             for s in sessions {
@@ -237,6 +241,54 @@ impl Responder {
         }
     }
 
+    /// Counts a session that said hello against the session limits: beyond
+    /// `max_sessions_per_peer` the peer's oldest session is closed; beyond `max_sessions` the
+    /// hello is refused.
+    fn admit(&self, session: &Session, peer: &ReactorId) -> Result<()> {
+        let config = &self.ctx.config;
+        let evicted = {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|s| !s.is_closed());
+            if sessions.iter().any(|s| s.id() == session.id()) {
+                return Ok(());
+            }
+            let of_peer = sessions.iter().filter(|s| s.peer() == Some(peer)).count();
+            let evicted = if of_peer >= config.max_sessions_per_peer {
+                // The list keeps hello order: the first of the peer's is its oldest.
+                sessions.iter().find(|s| s.peer() == Some(peer)).cloned()
+            } else {
+                None
+            };
+            if evicted.is_none() && sessions.len() >= config.max_sessions {
+                telemetry::session_refused("max_sessions");
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "this node serves its limit of {} sessions (sync.max_sessions); try \
+                         again later",
+                        config.max_sessions
+                    ),
+                ));
+            }
+            if let Some(old) = &evicted {
+                sessions.retain(|s| s.id() != old.id());
+            }
+            sessions.push(session.clone());
+            telemetry::sessions(sessions.len());
+            evicted
+        };
+        if let Some(old) = evicted {
+            tracing::info!(
+                peer = %peer, transport = old.info().transport,
+                "reactor {peer} opened more than {} sessions (sync.max_sessions_per_peer); \
+                 closing its oldest", config.max_sessions_per_peer
+            );
+            telemetry::session_refused("max_sessions_per_peer");
+            old.close();
+        }
+        Ok(())
+    }
+
     fn remember(&self, session: &Session) {
         let mut s = self.sessions.lock();
         if !s.iter().any(|x| x.id() == session.id()) {
@@ -263,8 +315,8 @@ impl Responder {
         self.ctx
             .permissions
             .authenticate(&hello.reactor_id, hello.credentials.as_deref())?;
+        self.admit(session, &hello.reactor_id)?;
         session.set_peer(hello.reactor_id.clone())?;
-        self.remember(session);
         let s = session.clone();
         self.ctx.inbound.send_modify(|m| {
             m.insert(hello.reactor_id, s);
@@ -276,11 +328,19 @@ impl Responder {
         }))
     }
 
+    /// The listener `id` of `peer`, marked as used now.
     fn listener(&self, id: &str, peer: &ReactorId) -> Result<ListenerRecord> {
-        let l =
-            self.listeners.lock().get(id).cloned().ok_or_else(|| {
+        let now = self.ctx.now_ms();
+        let l = {
+            let mut map = self.listeners.lock();
+            let l = map.get_mut(id).ok_or_else(|| {
                 Error::not_found(format!("unknown listener {id:?}; register again"))
             })?;
+            if &l.peer == peer {
+                l.last_used_ms = l.last_used_ms.max(now);
+            }
+            l.clone()
+        };
         if &l.peer != peer {
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
@@ -298,20 +358,98 @@ impl Responder {
         }
     }
 
+    /// Registers a listener. A peer registering a filter it already has a listener for gets
+    /// that listener back (its cursor set to `since`), so re-registrations never pile up;
+    /// beyond `max_listeners_per_peer` (or `max_listeners` in all) the least recently used
+    /// listener is forgotten.
     async fn register(&self, session: &Session, peer: ReactorId, r: Register) -> Result<Response> {
         r.filter.validate()?;
-        let record = ListenerRecord {
-            id: self.ctx.entropy.job_id().to_string(),
-            peer,
-            filter: r.filter,
-            cursor: r.since,
-            created_ms: self.ctx.now_ms(),
+        let now = self.ctx.now_ms();
+        let (record, forget) = {
+            let mut map = self.listeners.lock();
+            let same = map
+                .iter()
+                .find(|(_, l)| l.peer == peer && l.filter == r.filter)
+                .map(|(id, _)| id.clone());
+            match same.and_then(|id| map.get_mut(&id)) {
+                Some(l) => {
+                    l.cursor = r.since;
+                    l.last_used_ms = now;
+                    (l.clone(), Vec::new())
+                }
+                None => {
+                    let record = ListenerRecord {
+                        id: self.ctx.entropy.job_id().to_string(),
+                        peer,
+                        filter: r.filter,
+                        cursor: r.since,
+                        created_ms: now,
+                        last_used_ms: now,
+                    };
+                    let forget = make_room(
+                        &mut map,
+                        &record.peer,
+                        self.ctx.config.max_listeners_per_peer,
+                        self.ctx.config.max_listeners,
+                    );
+                    map.put(record.id.clone(), record.clone());
+                    telemetry::listeners(map.len());
+                    (record, forget)
+                }
+            }
         };
+        if !forget.is_empty() {
+            tracing::info!(
+                peer = %record.peer, forgotten = forget.len(),
+                "listener limit reached (sync.max_listeners_per_peer / sync.max_listeners); \
+                 forgot the least recently used"
+            );
+        }
         self.ctx.state.put_listener(&record).await?;
-        let id = record.id.clone();
-        self.listeners.lock().insert(id.clone(), record);
-        self.attach_listener(session, &id);
-        Ok(Response::Registered(Registered { listener_id: id }))
+        self.ctx.state.delete_listeners(&forget).await?;
+        self.attach_listener(session, &record.id);
+        Ok(Response::Registered(Registered {
+            listener_id: record.id,
+        }))
+    }
+
+    /// Forgets listeners unused for `sync.listener_ttl`.
+    pub(crate) async fn expire_listeners(&self) -> Result<usize> {
+        let ttl = u64::try_from(self.ctx.config.listener_ttl.as_millis()).unwrap_or(u64::MAX);
+        let now = self.ctx.now_ms();
+        let expired: Vec<String> = {
+            let mut map = self.listeners.lock();
+            let expired: Vec<String> = map
+                .iter()
+                .filter(|(_, l)| now.saturating_sub(l.last_used_ms.max(l.created_ms)) > ttl)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &expired {
+                map.pop(id);
+            }
+            telemetry::listeners(map.len());
+            expired
+        };
+        if !expired.is_empty() {
+            tracing::info!(
+                expired = expired.len(),
+                "forgot listeners unused for {} s (sync.listener_ttl)",
+                ttl / 1000
+            );
+        }
+        self.ctx.state.delete_listeners(&expired).await?;
+        Ok(expired.len())
+    }
+
+    async fn expiry_loop(self: Arc<Self>) {
+        let every = (self.ctx.config.listener_ttl / 8)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        loop {
+            if let Err(e) = self.expire_listeners().await {
+                tracing::warn!(error = %e, "forgetting expired listeners failed");
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     async fn pull(&self, session: &Session, peer: ReactorId, p: Pull) -> Result<Response> {
@@ -387,10 +525,15 @@ impl Responder {
         self.ctx.record_reported(&peer, &a.refused).await?;
         if a.cursor > listener.cursor {
             listener.cursor = a.cursor;
-            self.ctx.state.put_listener(&listener).await?;
-            let mut map = self.listeners.lock();
-            if let Some(l) = map.get_mut(&a.listener_id) {
-                l.cursor = l.cursor.max(a.cursor);
+            // Only a listener still kept is stored again (never one just forgotten).
+            let kept = {
+                let mut map = self.listeners.lock();
+                map.get_mut(&a.listener_id)
+                    .map(|l| l.cursor = l.cursor.max(a.cursor))
+                    .is_some()
+            };
+            if kept {
+                self.ctx.state.put_listener(&listener).await?;
             }
         }
         Ok(Response::Acked(Acked {}))
@@ -504,7 +647,11 @@ impl SessionHandler for Responder {
     }
 
     fn closed(&self, session: &Session) {
-        self.sessions.lock().retain(|s| s.id() != session.id());
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|s| s.id() != session.id() && !s.is_closed());
+            telemetry::sessions(sessions.len());
+        }
         if let Some(peer) = session.peer() {
             self.ctx.inbound.send_if_modified(|m| {
                 if m.get(peer).is_some_and(|s| s.id() == session.id()) {
@@ -516,4 +663,35 @@ impl SessionHandler for Responder {
             });
         }
     }
+}
+
+/// Forgets listeners so that one more of `peer` fits: the peer's least recently used beyond
+/// `per_peer - 1`, then the least recently used of all beyond `total - 1`. Returns their ids.
+fn make_room(
+    map: &mut LruCache<String, ListenerRecord>,
+    peer: &ReactorId,
+    per_peer: usize,
+    total: usize,
+) -> Vec<String> {
+    let mut forget = Vec::new();
+    let of_peer = map.iter().filter(|(_, l)| &l.peer == peer).count();
+    // `iter` runs from the most recently used; its reverse from the least.
+    let oldest: Vec<String> = map
+        .iter()
+        .rev()
+        .filter(|(_, l)| &l.peer == peer)
+        .take((of_peer + 1).saturating_sub(per_peer))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in oldest {
+        map.pop(&id);
+        forget.push(id);
+    }
+    while map.len() + 1 > total {
+        match map.pop_lru() {
+            Some((id, _)) => forget.push(id),
+            None => break,
+        }
+    }
+    forget
 }

@@ -60,6 +60,11 @@ pub struct ListenerRecord {
     pub cursor: Ordinal,
     /// When it was registered (ms since the epoch).
     pub created_ms: u64,
+    /// When its peer last registered, pulled with it or acknowledged (ms since the epoch);
+    /// stored on registration and acknowledgement. A listener unused for `sync.listener_ttl`
+    /// is forgotten.
+    #[serde(default)]
+    pub last_used_ms: u64,
 }
 
 /// A batch that failed permanently (or exhausted its retries), kept with its error.
@@ -248,6 +253,18 @@ impl SyncState {
                 encode(l)?,
             )])
             .await
+    }
+
+    /// Forgets listeners.
+    pub async fn delete_listeners(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let writes = ids
+            .iter()
+            .map(|id| MetaWrite::delete(MetaSpace::Listeners, id.as_str()))
+            .collect();
+        self.store.write_meta(writes).await
     }
 
     /// All dead letters.

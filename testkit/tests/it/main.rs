@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod edges;
+mod limits;
 mod plugins;
 mod scheduling;
 mod sim;

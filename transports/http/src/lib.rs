@@ -97,7 +97,7 @@ struct ClientLink {
     client: reqwest::Client,
     codec: Codec,
     session: Mutex<Option<String>>,
-    inbox: Mutex<Option<mpsc::UnboundedSender<Result<Bytes>>>>,
+    inbox: Mutex<Option<mpsc::Sender<Result<Bytes>>>>,
     closed: AtomicBool,
 }
 
@@ -108,9 +108,10 @@ impl fmt::Debug for ClientLink {
 }
 
 impl ClientLink {
-    fn deliver(&self, frame: Result<Bytes>) {
-        if let Some(tx) = self.inbox.lock().as_ref() {
-            let _ = tx.send(frame);
+    async fn deliver(&self, frame: Result<Bytes>) {
+        let tx = self.inbox.lock().clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(frame).await;
         }
     }
 
@@ -121,14 +122,14 @@ impl ClientLink {
 
     /// Answers request `id` with an error, as if the server had (so the waiting request does
     /// not wait for its timeout).
-    fn fail(&self, id: u64, e: &Error) {
+    async fn fail(&self, id: u64, e: &Error) {
         let env = Envelope {
             v: PROTOCOL_VERSION,
             id,
             body: MessageBody::Error(WireError::from(e)),
         };
         if let Ok(frame) = self.codec.encode(&env) {
-            self.deliver(Ok(Bytes::from(frame)));
+            self.deliver(Ok(Bytes::from(frame))).await;
         }
     }
 }
@@ -220,11 +221,12 @@ impl FrameSender for ClientSender {
                                              saying hello again",
                                             link.base
                                         )),
-                                    );
+                                    )
+                                    .await;
                                 }
                                 link.shut();
                             } else {
-                                link.deliver(Ok(body));
+                                link.deliver(Ok(body)).await;
                             }
                         }
                         Err(e) => {
@@ -235,7 +237,8 @@ impl FrameSender for ClientSender {
                                         ErrorKind::Unavailable,
                                         format!("reading the response failed: {e}"),
                                     ),
-                                );
+                                )
+                                .await;
                             }
                         }
                     }
@@ -248,7 +251,7 @@ impl FrameSender for ClientSender {
                     };
                     let err = Error::new(kind, format!("{} did not answer: {e}", link.base));
                     if let Some(id) = id {
-                        link.fail(id, &err);
+                        link.fail(id, &err).await;
                     }
                     if e.is_connect() {
                         // Nothing listens there any more: end the link so the owner
@@ -276,7 +279,15 @@ fn route_of_response(frame: &[u8]) -> Option<MessageType> {
     }
 }
 
-struct ClientReceiver(mpsc::UnboundedReceiver<Result<Bytes>>);
+/// Frames waiting to be read by a session, on either side. The channel is bounded: on the
+/// client by the requests in flight (each gets one answer), on the server by
+/// [`INBOUND_FRAMES`] (a request beyond it is answered 503).
+struct ClientReceiver(mpsc::Receiver<Result<Bytes>>);
+
+/// Requests of one server session waiting for the reactor to read them.
+const INBOUND_FRAMES: usize = 256;
+/// Answers of one client link waiting for its session to read them.
+const ANSWERS: usize = 1024;
 
 impl fmt::Debug for ClientReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -314,7 +325,7 @@ impl Transport for HttpTransport {
             None => self.codec,
         };
         base.set_query(None);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(ANSWERS);
         let link = Arc::new(ClientLink {
             base: base.clone(),
             client: self.client.clone(),
@@ -363,9 +374,12 @@ impl Default for ServerOptions {
 }
 
 struct Virtual {
-    to_session: mpsc::UnboundedSender<Result<Bytes>>,
+    to_session: mpsc::Sender<Result<Bytes>>,
     waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>,
     last_used: Mutex<Instant>,
+    /// The reactor closed the session (a limit, shutdown): requests on it are told to say
+    /// hello again, and the janitor forgets it.
+    closed: Arc<AtomicBool>,
 }
 
 struct ServerState {
@@ -376,6 +390,7 @@ struct ServerState {
 
 struct VirtualSender {
     waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>,
+    closed: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for VirtualSender {
@@ -403,6 +418,7 @@ impl FrameSender for VirtualSender {
     }
 
     fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         self.waiting.lock().clear();
     }
 }
@@ -507,11 +523,13 @@ async fn handle(
         );
     }
     let virt = if let Request::Hello(_) = request {
-        let (to_session, from_http) = mpsc::unbounded_channel();
+        let (to_session, from_http) = mpsc::channel(INBOUND_FRAMES);
         let waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
         let link = Link {
             sender: Arc::new(VirtualSender {
                 waiting: waiting.clone(),
+                closed: closed.clone(),
             }),
             receiver: Box::new(ClientReceiver(from_http)),
             info: LinkInfo {
@@ -526,14 +544,21 @@ async fn handle(
             to_session,
             waiting,
             last_used: Mutex::new(Instant::now()),
+            closed,
         })
     } else {
         let session = headers
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        match state.sessions.lock().get(session) {
-            Some(v) => v.clone(),
+        let known = state
+            .sessions
+            .lock()
+            .get(session)
+            .filter(|v| !v.closed.load(Ordering::SeqCst))
+            .cloned();
+        match known {
+            Some(v) => v,
             None => {
                 return error_response(
                     codec,
@@ -552,8 +577,25 @@ async fn handle(
     *virt.last_used.lock() = Instant::now();
     let (tx, rx) = oneshot::channel();
     virt.waiting.lock().insert(id, tx);
-    if virt.to_session.send(Ok(bytes)).is_err() {
-        return error_response(codec, id, &Error::closed("the session closed"));
+    match virt.to_session.try_send(Ok(bytes)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            virt.waiting.lock().remove(&id);
+            return error_response(
+                codec,
+                id,
+                &Error::new(
+                    ErrorKind::Backpressure,
+                    format!(
+                        "{INBOUND_FRAMES} requests of this session already wait to be served; \
+                         try again later"
+                    ),
+                ),
+            );
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return error_response(codec, id, &Error::closed("the session closed"));
+        }
     }
     let answer = match tokio::time::timeout(state.options.request_timeout, rx).await {
         Ok(Ok(frame)) => frame,
@@ -594,15 +636,19 @@ pub fn router(accept: Accept, options: ServerOptions) -> Router {
     let janitor = Arc::downgrade(&state);
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            let Some(idle) = janitor.upgrade().map(|s| s.options.session_idle) else {
+                return;
+            };
+            tokio::time::sleep(
+                (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(10)),
+            )
+            .await;
             let Some(state) = janitor.upgrade() else {
                 return;
             };
-            let idle = state.options.session_idle;
-            state
-                .sessions
-                .lock()
-                .retain(|_, v| v.last_used.lock().elapsed() < idle);
+            state.sessions.lock().retain(|_, v| {
+                !v.closed.load(Ordering::SeqCst) && v.last_used.lock().elapsed() < idle
+            });
         }
     });
     let typed = {

@@ -25,6 +25,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use syncline_core::limits::{ConnectionCounter, ConnectionLimits};
 use syncline_core::protocol::{Body, Codec, Envelope, HEADER_LEN, PROTOCOL_VERSION};
 use syncline_core::{
     Acceptor, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
@@ -57,6 +58,12 @@ pub struct QuicOptions {
     /// with a reset the dialler recognises, so the dialler reconnects at once instead of
     /// waiting for the idle timeout. `None` picks a random one (no reset survives a restart).
     pub reset_key: Option<[u8; 32]>,
+    /// Caps on the listener's open connections, in all and per IP address; a connection
+    /// beyond them is refused during its handshake.
+    pub connections: ConnectionLimits,
+    /// A handshake that has not completed in this time is abandoned (handshakes run side by
+    /// side, so a slow one never holds up the others).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for QuicOptions {
@@ -70,6 +77,8 @@ impl Default for QuicOptions {
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
             reset_key: None,
+            connections: ConnectionLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -635,18 +644,71 @@ impl Transport for QuicTransport {
             .map_err(|e| Error::internal(format!("no local address: {e}")))?;
         let mut public = url.clone();
         let _ = public.set_port(Some(local.port()));
+        let (tx, links) = mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            tx,
+            ConnectionCounter::new("quic", self.options.connections),
+            self.options.max_frame_bytes,
+            self.options.handshake_timeout,
+        ));
         Ok(Box::new(QuicAcceptor {
             endpoint,
             url: public,
-            max: self.options.max_frame_bytes,
+            links,
+            task,
         }))
+    }
+}
+
+/// Accepts connections under the caps, each handshake in its own task with a deadline; the
+/// established links go to the acceptor. A connection keeps its place under the caps until
+/// it closes.
+async fn accept_loop(
+    endpoint: Endpoint,
+    links: mpsc::Sender<Link>,
+    counter: ConnectionCounter,
+    max: usize,
+    handshake_timeout: Duration,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let from = incoming.remote_address();
+        let admission = match counter.admit(from.ip()) {
+            Ok(a) => a,
+            Err(refused) => {
+                tracing::debug!(peer = %from, "{}; refused", refused.message);
+                incoming.refuse();
+                continue;
+            }
+        };
+        let links = links.clone();
+        tokio::spawn(async move {
+            let conn = match tokio::time::timeout(handshake_timeout, incoming).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %from, error = %e, "a QUIC handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %from, "a QUIC handshake did not complete in time");
+                    return;
+                }
+            };
+            if links.send(link(conn.clone(), max)).await.is_err() {
+                conn.close(0u32.into(), b"stopped");
+                return;
+            }
+            conn.closed().await;
+            drop(admission);
+        });
     }
 }
 
 struct QuicAcceptor {
     endpoint: Endpoint,
     url: Url,
-    max: usize,
+    links: mpsc::Receiver<Link>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl fmt::Debug for QuicAcceptor {
@@ -657,6 +719,7 @@ impl fmt::Debug for QuicAcceptor {
 
 impl Drop for QuicAcceptor {
     fn drop(&mut self) {
+        self.task.abort();
         self.endpoint.close(0u32.into(), b"stopped");
     }
 }
@@ -664,18 +727,69 @@ impl Drop for QuicAcceptor {
 #[async_trait]
 impl Acceptor for QuicAcceptor {
     async fn accept(&mut self) -> Result<Link> {
-        loop {
-            let Some(incoming) = self.endpoint.accept().await else {
-                return Err(Error::closed(format!("{} stopped listening", self.url)));
-            };
-            match incoming.await {
-                Ok(conn) => return Ok(link(conn, self.max)),
-                Err(e) => tracing::debug!(error = %e, "a QUIC handshake failed"),
-            }
-        }
+        self.links
+            .recv()
+            .await
+            .ok_or_else(|| Error::closed(format!("{} stopped listening", self.url)))
     }
 
     fn local_url(&self) -> Url {
         self.url.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_over_the_caps_are_refused_and_places_come_back() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let server = QuicTransport::new(QuicOptions {
+            connections: ConnectionLimits {
+                max_connections: 4,
+                max_connections_per_address: 2,
+            },
+            ..Default::default()
+        });
+        let mut acceptor = server
+            .listen(&Url::parse("quic://127.0.0.1:0").unwrap())
+            .await
+            .unwrap();
+        let url = {
+            let mut u = acceptor.local_url();
+            u.set_query(Some("insecure=true"));
+            u
+        };
+        let client = QuicTransport::new(QuicOptions::default());
+        let first = client.connect(&url).await.unwrap();
+        let second = client.connect(&url).await.unwrap();
+        let held = [
+            acceptor.accept().await.unwrap(),
+            acceptor.accept().await.unwrap(),
+        ];
+        let Err(e) = client.connect(&url).await else {
+            panic!("a third connection from one address was accepted");
+        };
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        // One goes: its place comes back.
+        first.sender.close();
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match client.connect(&url).await {
+                Ok(_again) => break,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no place came back: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop((second, held));
     }
 }

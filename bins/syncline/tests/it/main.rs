@@ -9,4 +9,5 @@ mod demo;
 mod plugins;
 mod procs;
 mod restarts;
+mod soak;
 mod support;

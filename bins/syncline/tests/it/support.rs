@@ -32,11 +32,28 @@ pub(crate) struct NodeProc {
     pub(crate) http: String,
     child: Option<Child>,
     log: PathBuf,
+    /// Run under this open-file limit (`ulimit -n`).
+    nofile: Option<u64>,
 }
 
 impl NodeProc {
     /// Writes `toml` to `<dir>/<name>.toml` and starts the node; waits until it answers.
     pub(crate) fn start(dir: &Path, name: &str, http_port: u16, toml: &str) -> NodeProc {
+        NodeProc::launch(dir, name, http_port, toml, None)
+    }
+
+    /// Like [`NodeProc::start`], under an open-file limit of `nofile` (soft and hard).
+    pub(crate) fn start_limited(
+        dir: &Path,
+        name: &str,
+        http_port: u16,
+        toml: &str,
+        nofile: u64,
+    ) -> NodeProc {
+        NodeProc::launch(dir, name, http_port, toml, Some(nofile))
+    }
+
+    fn launch(dir: &Path, name: &str, http_port: u16, toml: &str, nofile: Option<u64>) -> NodeProc {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let mut n = NodeProc {
@@ -45,6 +62,7 @@ impl NodeProc {
             http: format!("http://127.0.0.1:{http_port}"),
             child: None,
             log: dir.join(format!("{name}.log")),
+            nofile,
         };
         n.spawn();
         n
@@ -56,7 +74,17 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = syncline()
+        let mut command = match self.nofile {
+            None => syncline(),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_syncline"));
+                c
+            }
+        };
+        let child = command
             .args(["node", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -93,6 +121,11 @@ impl NodeProc {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id of the running node.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
     }
 
     pub(crate) fn log_text(&self) -> String {
