@@ -121,6 +121,29 @@ pub struct SubmitBody {
     actions: Vec<ActionBody>,
 }
 
+impl SubmitBody {
+    /// The submission this body asks for on document `doc`: ids, scope, branch, type and
+    /// every action checked (the API's body parsing, also fuzzed on its own).
+    pub fn into_submission(self, doc: &str) -> syncline_core::Result<Submission> {
+        let strand = StrandId::parse(doc, self.scope.as_deref(), self.branch.as_deref())?;
+        let document_type = DocumentType::new(
+            self.document_type
+                .as_deref()
+                .unwrap_or(syncline_core::types::DEFAULT_DOCUMENT_TYPE),
+        )?;
+        let actions = self
+            .actions
+            .into_iter()
+            .map(|a| NewAction::new(&a.action_type, a.input))
+            .collect::<syncline_core::Result<Vec<_>>>()?;
+        Ok(Submission {
+            strand,
+            document_type,
+            actions,
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct Submitted {
     operations: Vec<syncline_core::Written>,
@@ -172,25 +195,7 @@ async fn submit(
     body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Submitted>)> {
     let Json(body) = body.map_err(json_error)?;
-    let strand = StrandId::parse(&doc, body.scope.as_deref(), body.branch.as_deref())?;
-    let document_type = DocumentType::new(
-        body.document_type
-            .as_deref()
-            .unwrap_or(syncline_core::types::DEFAULT_DOCUMENT_TYPE),
-    )?;
-    let actions = body
-        .actions
-        .into_iter()
-        .map(|a| NewAction::new(&a.action_type, a.input))
-        .collect::<syncline_core::Result<Vec<_>>>()?;
-    let written = s
-        .reactor
-        .submit(Submission {
-            strand,
-            document_type,
-            actions,
-        })
-        .await?;
+    let written = s.reactor.submit(body.into_submission(&doc)?).await?;
     Ok((
         StatusCode::CREATED,
         Json(Submitted {
