@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +21,8 @@ use tokio::task::AbortHandle;
 
 use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::protocol::{
-    Body, BodyRef, Codec, EnvelopeRef, Notification, PROTOCOL_VERSION, Request, Response,
+    Body, BodyRef, Codec, EnvelopeRef, FrameHead, FrameKind, Notification, PROTOCOL_VERSION,
+    Request, Response,
 };
 use crate::telemetry;
 use crate::transport::{FrameReceiver, Link, LinkInfo};
@@ -95,6 +96,9 @@ struct Inner {
     peer: OnceLock<ReactorId>,
     peer_known: tokio::sync::Notify,
     timeouts_in_a_row: AtomicU32,
+    /// The encoding the peer last spoke (JSON or binary): our requests and notifications use
+    /// it, and every response uses its request's.
+    codec: AtomicU8,
     reader: Mutex<Option<AbortHandle>>,
     pub(crate) responder: Mutex<ResponderState>,
 }
@@ -119,6 +123,7 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 impl Session {
     /// Starts a session on a link: spawns the reader that dispatches incoming frames.
     pub fn start(link: Link, handler: Arc<dyn SessionHandler>, limits: SessionLimits) -> Session {
+        let codec = codec_byte(link.info.codec);
         let session = Session(Arc::new(Inner {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             sender: link.sender,
@@ -130,6 +135,7 @@ impl Session {
             peer: OnceLock::new(),
             peer_known: tokio::sync::Notify::new(),
             timeouts_in_a_row: AtomicU32::new(0),
+            codec: AtomicU8::new(codec),
             reader: Mutex::new(None),
             responder: Mutex::new(ResponderState::default()),
         }));
@@ -215,8 +221,21 @@ impl Session {
         }
     }
 
+    /// The encoding the peer speaks.
+    fn codec(&self) -> Codec {
+        if self.0.codec.load(Ordering::Relaxed) == codec_byte(Codec::Json) {
+            Codec::Json
+        } else {
+            Codec::Binary
+        }
+    }
+
     async fn send_envelope(&self, env: EnvelopeRef<'_>) -> Result<usize> {
-        let frame = self.0.info.codec.encode_ref(&env)?;
+        self.send_in(env, self.codec()).await
+    }
+
+    async fn send_in(&self, env: EnvelopeRef<'_>, codec: Codec) -> Result<usize> {
+        let frame = codec.encode_ref(&env)?;
         let len = frame.len();
         if len > self.0.limits.max_frame_bytes {
             return Err(Error::new(
@@ -296,7 +315,7 @@ impl Session {
         .map(|_| ())
     }
 
-    async fn respond(&self, id: u64, result: Result<Response>) {
+    async fn respond(&self, id: u64, result: Result<Response>, codec: Codec) {
         let body = match result {
             Ok(r) => Body::Response(r),
             Err(e) => Body::Error(WireError::from(&e)),
@@ -306,7 +325,7 @@ impl Session {
             id,
             body: body.as_ref(),
         };
-        match self.send_envelope(env).await {
+        match self.send_in(env, codec).await {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::TooLarge => {
                 // Answer with the error instead, so the requester does not wait for a timeout.
@@ -316,7 +335,7 @@ impl Session {
                     id,
                     body: BodyRef::Error(&wire),
                 };
-                let _ = self.send_envelope(env).await;
+                let _ = self.send_in(env, codec).await;
             }
             Err(e) => tracing::debug!(error = %e, "could not send a response"),
         }
@@ -328,15 +347,22 @@ impl Session {
         }
     }
 
-    async fn reject(&self, id: Option<u64>, is_request: bool, error: Error, reason: &'static str) {
+    async fn reject(
+        &self,
+        id: Option<u64>,
+        is_request: bool,
+        error: Error,
+        reason: &'static str,
+        codec: Codec,
+    ) {
         telemetry::frame_rejected(reason);
         tracing::debug!(peer = %self.0.info.peer, error = %error, "rejected a frame");
         match id {
-            Some(id) if is_request => self.respond(id, Err(error)).await,
+            Some(id) if is_request => self.respond(id, Err(error), codec).await,
             Some(id) => self.complete(id, Err(error)),
             // Nothing to correlate: answer with id 0 anyway, so a peer learns what was wrong
             // (a syncline session ignores responses nobody waits for).
-            None => self.respond(0, Err(error)).await,
+            None => self.respond(0, Err(error), codec).await,
         }
     }
 
@@ -358,8 +384,11 @@ impl Session {
                     continue;
                 }
             };
+            // Answer in the encoding the peer used; our own frames follow the peer's last.
+            let codec = Codec::detect(&frame);
+            self.0.codec.store(codec_byte(codec), Ordering::Relaxed);
             if frame.len() > self.0.limits.max_frame_bytes {
-                let id = peek_id(&frame);
+                let head = FrameHead::peek(&frame);
                 let err = Error::new(
                     ErrorKind::TooLarge,
                     format!(
@@ -369,10 +398,11 @@ impl Session {
                     ),
                 );
                 self.reject(
-                    id.map(|(i, _)| i),
-                    id.is_some_and(|(_, r)| r),
+                    head.map(|h| h.id),
+                    head.is_some_and(|h| h.kind == FrameKind::Request),
                     err,
                     "too_large",
+                    codec,
                 )
                 .await;
                 continue;
@@ -385,7 +415,8 @@ impl Session {
                     } else {
                         "malformed"
                     };
-                    self.reject(de.id, de.is_request, de.error, reason).await;
+                    self.reject(de.id, de.is_request, de.error, reason, codec)
+                        .await;
                     continue;
                 }
             };
@@ -399,7 +430,7 @@ impl Session {
                     let id = env.id;
                     tokio::spawn(async move {
                         let result = handler.handle(&session, request).await;
-                        session.respond(id, result).await;
+                        session.respond(id, result, codec).await;
                         drop(permit);
                     });
                 }
@@ -413,12 +444,10 @@ impl Session {
     }
 }
 
-/// Reads the correlation id and kind from a binary header, if there is one.
-fn peek_id(frame: &[u8]) -> Option<(u64, bool)> {
-    if frame.len() >= crate::protocol::HEADER_LEN && frame.starts_with(b"SY") {
-        let id = u64::from_le_bytes(frame[8..16].try_into().ok()?);
-        Some((id, frame[4] == 0))
-    } else {
-        None
+/// A codec as a byte, for the atomic.
+fn codec_byte(codec: Codec) -> u8 {
+    match codec {
+        Codec::Binary => 0,
+        Codec::Json => 1,
     }
 }

@@ -149,8 +149,9 @@ pub(crate) fn session_refused(reason: &'static str) {
     counter!("syncline_sessions_refused_total", "reason" => reason).increment(1);
 }
 
-/// Frames received with an error answer (malformed, too large, wrong version).
-pub(crate) fn frame_rejected(reason: &'static str) {
+/// Frames received with an error answer (malformed, too large, wrong version); transports
+/// that answer frames themselves (the HTTP sync routes) count theirs here too.
+pub fn frame_rejected(reason: &'static str) {
     counter!("syncline_frames_rejected_total", "reason" => reason).increment(1);
 }
 

@@ -566,6 +566,108 @@ pub async fn large_operations_sync(h: &dyn TransportHarness) -> Result<()> {
     Ok(())
 }
 
+/// Reads the next frame and checks its encoding.
+async fn next_in(link: &mut Link, codec: Codec, what: &str) -> Result<Envelope> {
+    let got = tokio::time::timeout(Duration::from_secs(10), link.receiver.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
+        .unwrap_or_else(|| panic!("{what}: the link closed"))?;
+    assert_eq!(
+        Codec::detect(&got),
+        codec,
+        "{what}: answered in the other encoding: {:?}",
+        String::from_utf8_lossy(&got[..got.len().min(80)])
+    );
+    Ok(Codec::decode(&got).unwrap_or_else(|e| panic!("{what}: {}", e.error)))
+}
+
+/// A peer speaking JSON frames is answered in JSON, request by request (a binary request on
+/// the same link gets a binary answer), errors included.
+pub async fn json_frames_are_answered_in_json(h: &dyn TransportHarness) -> Result<()> {
+    let b = h
+        .start("b", Arc::new(MemoryStore::new()), suite_config())
+        .await?;
+    let url = syncline_core::transport::parse_url(&b.url)?;
+    let mut link = h.dialer().connect(&url).await?;
+    let json = |id: u64, request: Request| {
+        Bytes::from(
+            Codec::Json
+                .encode(&Envelope {
+                    v: PROTOCOL_VERSION,
+                    id,
+                    body: Body::Request(request),
+                })
+                .expect("encodes"),
+        )
+    };
+    let hello_request = Request::Hello(Hello {
+        reactor_id: syncline_core::ReactorId::new("json-client")?,
+        protocol: PROTOCOL_VERSION,
+        credentials: None,
+        capabilities: vec![],
+    });
+    link.sender.send(json(1, hello_request)).await?;
+    let env = next_in(&mut link, Codec::Json, "hello").await?;
+    assert!(
+        matches!(env.body, Body::Response(Response::Welcome(_))) && env.id == 1,
+        "{env:?}"
+    );
+    let register = Request::Register(syncline_core::protocol::Register {
+        filter: Filter::all(),
+        since: Ordinal::ZERO,
+    });
+    link.sender.send(json(2, register)).await?;
+    let env = next_in(&mut link, Codec::Json, "register").await?;
+    let Body::Response(Response::Registered(registered)) = env.body else {
+        panic!("register: {env:?}");
+    };
+    link.sender
+        .send(json(
+            3,
+            Request::Pull(syncline_core::protocol::Pull {
+                listener_id: registered.listener_id,
+                cursor: Ordinal::ZERO,
+                limit: 10,
+                push: None,
+                wait_ms: 0,
+            }),
+        ))
+        .await?;
+    let env = next_in(&mut link, Codec::Json, "pull").await?;
+    assert!(
+        matches!(env.body, Body::Response(Response::Pulled(_))),
+        "{env:?}"
+    );
+    // The same link, a binary request: a binary answer.
+    link.sender
+        .send(frame(
+            4,
+            Request::Directory(Directory {
+                filter: Filter::all(),
+            }),
+        ))
+        .await?;
+    let env = next_in(&mut link, Codec::Binary, "binary directory").await?;
+    assert!(
+        matches!(env.body, Body::Response(Response::Strands(_))),
+        "{env:?}"
+    );
+    // A JSON request the node cannot read: a JSON error with its id.
+    link.sender
+        .send(Bytes::from_static(
+            br#"{"v":2,"id":5,"body":{"request":{"directory":{"filter":7}}}}"#,
+        ))
+        .await?;
+    let env = next_in(&mut link, Codec::Json, "broken JSON request").await?;
+    let Body::Error(e) = &env.body else {
+        panic!("broken JSON request: {env:?}");
+    };
+    assert_eq!((e.kind.as_str(), env.id), ("malformed", 5), "{e:?}");
+    link.sender.close();
+    b.crash().await;
+    Ok(())
+}
+
 /// Runs every check.
 pub async fn run(h: &dyn TransportHarness) -> Result<()> {
     for mode in [SyncMode::Push, SyncMode::Pull, SyncMode::PingPong] {
@@ -579,5 +681,6 @@ pub async fn run(h: &dyn TransportHarness) -> Result<()> {
     server_restarts_mid_sync(h).await?;
     unreachable_peer_backs_off_and_recovers(h).await?;
     bad_frames_get_clear_errors(h).await?;
+    json_frames_are_answered_in_json(h).await?;
     Ok(())
 }

@@ -35,9 +35,10 @@ use axum::routing::post;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use syncline_core::protocol::{
-    Body as MessageBody, Codec, Envelope, HEADER_LEN, MessageType, PROTOCOL_VERSION, Request,
+    Body as MessageBody, Codec, Envelope, FrameHead, FrameKind, MessageType, PROTOCOL_VERSION,
     Response,
 };
+use syncline_core::telemetry;
 use syncline_core::{
     Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport, WireError,
 };
@@ -134,16 +135,30 @@ impl ClientLink {
     }
 }
 
-/// The route and correlation id of a request frame.
+/// The route and correlation id of a request frame (its head only; the message is not
+/// decoded).
 fn route_of(frame: &[u8]) -> Option<(MessageType, u64)> {
-    match Codec::decode(frame) {
-        Ok(Envelope {
+    match FrameHead::peek(frame) {
+        Some(FrameHead {
+            kind: FrameKind::Request,
+            message: Some(m),
             id,
-            body: MessageBody::Request(r),
             ..
-        }) => Some((r.message_type(), id)),
+        }) if m != MessageType::Unknown && m != MessageType::Poke => Some((m, id)),
         _ => None,
     }
+}
+
+/// Whether a response frame is a welcome.
+fn is_welcome(frame: &[u8]) -> bool {
+    matches!(
+        FrameHead::peek(frame),
+        Some(FrameHead {
+            kind: FrameKind::Response,
+            message: Some(MessageType::Hello),
+            ..
+        })
+    )
 }
 
 struct ClientSender(Arc<ClientLink>);
@@ -168,7 +183,7 @@ impl FrameSender for ClientSender {
         // not the client, judges them, as with every other transport.
         let (path, id) = match route_of(&frame) {
             Some((ty, id)) => (format!("v1/sync/{}", ty.route()), Some(id)),
-            None if frame.len() >= HEADER_LEN && frame.starts_with(b"SY") && frame[4] != 0 => {
+            None if FrameHead::peek(&frame).is_some_and(|h| h.kind != FrameKind::Request) => {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     "HTTP carries requests only; the server cannot be sent responses",
@@ -198,16 +213,18 @@ impl FrameSender for ClientSender {
                     let status = resp.status();
                     match resp.bytes().await {
                         Ok(body) => {
-                            if let Ok(Envelope {
-                                body: MessageBody::Response(Response::Welcome(w)),
-                                ..
-                            }) = Codec::decode(&body)
+                            let welcome = is_welcome(&body);
+                            if welcome
+                                && let Ok(Envelope {
+                                    body: MessageBody::Response(Response::Welcome(w)),
+                                    ..
+                                }) = Codec::decode(&body)
                             {
                                 *link.session.lock() = Some(w.session);
                             }
                             let forgot = status == StatusCode::UNAUTHORIZED
                                 && link.session.lock().is_some()
-                                && !matches!(route_of_response(&body), Some(MessageType::Hello));
+                                && !welcome;
                             if forgot {
                                 // The server no longer knows our session (it restarted): a
                                 // transient condition, not a refusal of the request. The
@@ -266,16 +283,6 @@ impl FrameSender for ClientSender {
 
     fn close(&self) {
         self.0.shut();
-    }
-}
-
-fn route_of_response(frame: &[u8]) -> Option<MessageType> {
-    match Codec::decode(frame) {
-        Ok(Envelope {
-            body: MessageBody::Response(r),
-            ..
-        }) => Some(r.message_type()),
-        _ => None,
     }
 }
 
@@ -404,13 +411,8 @@ impl FrameSender for VirtualSender {
     async fn send(&self, frame: Bytes) -> Result<()> {
         // Responses find the HTTP request waiting for them; anything else (a notification)
         // has nowhere to go over HTTP and is dropped.
-        if frame.len() >= HEADER_LEN && frame.starts_with(b"SY") {
-            let id = u64::from_le_bytes(frame[8..16].try_into().unwrap_or([0; 8]));
-            if let Some(tx) = self.waiting.lock().remove(&id) {
-                let _ = tx.send(frame);
-            }
-        } else if let Ok(env) = Codec::decode(&frame)
-            && let Some(tx) = self.waiting.lock().remove(&env.id)
+        if let Some(head) = FrameHead::peek(&frame)
+            && let Some(tx) = self.waiting.lock().remove(&head.id)
         {
             let _ = tx.send(frame);
         }
@@ -484,6 +486,7 @@ async fn handle(
     let bytes = match axum::body::to_bytes(body, max).await {
         Ok(b) => b,
         Err(_) => {
+            telemetry::frame_rejected("too_large");
             return error_response(
                 codec,
                 0,
@@ -494,35 +497,49 @@ async fn handle(
             );
         }
     };
-    let env = match Codec::decode(&bytes) {
-        Ok(env) => env,
-        Err(de) => return error_response(codec, de.id.unwrap_or(0), &de.error),
-    };
-    let Envelope {
-        id,
-        body: MessageBody::Request(request),
-        ..
-    } = env
-    else {
-        return error_response(
-            codec,
-            env.id,
-            &Error::invalid("over HTTP only requests can be sent to the server"),
-        );
+    // The head says what the request is; the session decodes the message (once).
+    let (id, message) = match FrameHead::peek(&bytes) {
+        Some(FrameHead {
+            kind: FrameKind::Request,
+            message: Some(m),
+            id,
+            ..
+        }) => (id, m),
+        _ => {
+            // Not a request the head can name: decode it whole for the precise error.
+            let (id, error, reason) = match Codec::decode(&bytes) {
+                Ok(env) => (
+                    env.id,
+                    Error::invalid("over HTTP only requests can be sent to the server"),
+                    "malformed",
+                ),
+                Err(de) => {
+                    let reason = if de.error.kind() == ErrorKind::ProtocolVersion {
+                        "protocol_version"
+                    } else {
+                        "malformed"
+                    };
+                    (de.id.unwrap_or(0), de.error, reason)
+                }
+            };
+            telemetry::frame_rejected(reason);
+            return error_response(codec, id, &error);
+        }
     };
     if let Some(route) = &route
-        && MessageType::from_route(route) != Some(request.message_type())
+        && MessageType::from_route(route) != Some(message)
     {
+        telemetry::frame_rejected("malformed");
         return error_response(
             codec,
             id,
             &Error::invalid(format!(
                 "a {} request was posted to /v1/sync/{route}",
-                request.message_type().route()
+                message.route()
             )),
         );
     }
-    let virt = if let Request::Hello(_) = request {
+    let virt = if message == MessageType::Hello {
         let (to_session, from_http) = mpsc::channel(INBOUND_FRAMES);
         let waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
@@ -609,18 +626,25 @@ async fn handle(
             );
         }
     };
-    let status = match Codec::decode(&answer) {
-        Ok(Envelope {
-            body: MessageBody::Response(Response::Welcome(w)),
-            ..
-        }) => {
-            state.sessions.lock().insert(w.session, virt);
-            StatusCode::OK
-        }
-        Ok(Envelope {
-            body: MessageBody::Error(w),
-            ..
-        }) => status_of(&w.kind),
+    // Only a welcome (for its session id) and an error (for its status) are decoded.
+    let status = match FrameHead::peek(&answer).map(|h| h.kind) {
+        Some(FrameKind::Response) if is_welcome(&answer) => match Codec::decode(&answer) {
+            Ok(Envelope {
+                body: MessageBody::Response(Response::Welcome(w)),
+                ..
+            }) => {
+                state.sessions.lock().insert(w.session, virt);
+                StatusCode::OK
+            }
+            _ => StatusCode::OK,
+        },
+        Some(FrameKind::Error) => match Codec::decode(&answer) {
+            Ok(Envelope {
+                body: MessageBody::Error(w),
+                ..
+            }) => status_of(&w.kind),
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
         _ => StatusCode::OK,
     };
     frame_response(codec, status, answer.to_vec())

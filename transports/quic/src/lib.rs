@@ -26,7 +26,9 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use syncline_core::limits::{ConnectionCounter, ConnectionLimits};
-use syncline_core::protocol::{Body, Codec, Envelope, HEADER_LEN, PROTOCOL_VERSION};
+use syncline_core::protocol::{
+    Body, Codec, Envelope, FrameHead, FrameKind, HEADER_LEN, PROTOCOL_VERSION,
+};
 use syncline_core::{
     Acceptor, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
     WireError,
@@ -270,16 +272,8 @@ struct Shared {
     peer: String,
 }
 
-fn header(frame: &[u8]) -> Option<(u8, u64)> {
-    if frame.len() >= HEADER_LEN && frame.starts_with(b"SY") {
-        Some((frame[4], u64::from_le_bytes(frame[8..16].try_into().ok()?)))
-    } else {
-        None
-    }
-}
-
-fn error_frame(id: u64, e: &Error) -> Option<Bytes> {
-    Codec::Binary
+fn error_frame(id: u64, e: &Error, codec: Codec) -> Option<Bytes> {
+    codec
         .encode(&Envelope {
             v: PROTOCOL_VERSION,
             id,
@@ -302,55 +296,66 @@ impl Shared {
     async fn read_frame(
         &self,
         recv: &mut RecvStream,
-    ) -> std::result::Result<Bytes, (Option<u64>, Error)> {
+    ) -> std::result::Result<Bytes, (Option<FrameHead>, Error)> {
+        // A binary frame's header first, so that an oversize request can still be answered by
+        // id (a JSON frame shorter than a header is read whole below).
         let mut head = [0u8; HEADER_LEN];
-        if let Err(e) = recv.read_exact(&mut head).await {
-            return Err((
-                None,
-                Error::malformed(format!("a stream ended before a frame header: {e}")),
-            ));
-        }
-        let id = header(&head).map(|(_, id)| id);
-        let rest = self.max.saturating_sub(HEADER_LEN);
-        match recv.read_to_end(rest).await {
-            Ok(body) => {
-                let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-                frame.extend_from_slice(&head);
-                frame.extend_from_slice(&body);
-                Ok(Bytes::from(frame))
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match recv.read(&mut head[got..]).await {
+                Ok(Some(n)) => got += n,
+                Ok(None) => break,
+                Err(e) => return Err((None, closed(e, &self.peer))),
             }
-            Err(quinn::ReadToEndError::TooLong) => Err((
-                id,
-                Error::new(
-                    ErrorKind::TooLarge,
-                    format!("a frame exceeds the limit of {} bytes", self.max),
-                ),
-            )),
-            Err(e) => Err((id, closed(e, &self.peer))),
         }
+        if got == 0 {
+            return Err((None, Error::malformed("a stream ended before a frame")));
+        }
+        let peeked = FrameHead::peek(&head[..got]);
+        let rest = self.max.saturating_sub(got);
+        let body = if got < HEADER_LEN {
+            Vec::new()
+        } else {
+            match recv.read_to_end(rest).await {
+                Ok(body) => body,
+                Err(quinn::ReadToEndError::TooLong) => {
+                    return Err((
+                        peeked,
+                        Error::new(
+                            ErrorKind::TooLarge,
+                            format!("a frame exceeds the limit of {} bytes", self.max),
+                        ),
+                    ));
+                }
+                Err(e) => return Err((peeked, closed(e, &self.peer))),
+            }
+        };
+        let mut frame = Vec::with_capacity(got + body.len());
+        frame.extend_from_slice(&head[..got]);
+        frame.extend_from_slice(&body);
+        Ok(Bytes::from(frame))
     }
 
     async fn serve_bi(self: Arc<Self>, mut send: SendStream, mut recv: RecvStream) {
         match self.read_frame(&mut recv).await {
             Ok(frame) => {
-                if let Some((0, id)) = header(&frame) {
-                    self.responders.lock().insert(id, send);
-                } else {
-                    // Not a request: nothing will answer on this stream.
-                    let _ = send.finish();
+                match FrameHead::peek(&frame) {
+                    Some(h) if h.kind == FrameKind::Request => {
+                        self.responders.lock().insert(h.id, send);
+                    }
+                    // Not a request (or not a frame, which the session answers with id 0 on
+                    // a stream of its own): nothing will answer on this stream.
+                    _ => {
+                        let _ = send.finish();
+                    }
                 }
                 let _ = self.inbound.send(Ok(frame)).await;
             }
-            Err((Some(id), e)) => {
-                if let Some(f) = error_frame(id, &e) {
-                    let _ = send.write_all(&f).await;
-                }
-                let _ = send.finish();
-            }
-            Err((None, e)) => {
-                // Not even a header: answer with an error nobody waits for, so a raw client
-                // still learns what was wrong.
-                if let Some(f) = error_frame(0, &e) {
+            Err((head, e)) => {
+                // Answered here (the frame never reaches the session): by id when the header
+                // was read, else with id 0, so that a raw client still learns what was wrong.
+                let (id, codec) = head.map_or((0, Codec::Binary), |h| (h.id, h.codec));
+                if let Some(f) = error_frame(id, &e, codec) {
                     let _ = send.write_all(&f).await;
                 }
                 let _ = send.finish();
@@ -399,9 +404,9 @@ impl FrameSender for QuicSender {
         if let Some(reason) = s.conn.close_reason() {
             return Err(closed(reason, &s.peer));
         }
-        match header(&frame) {
+        match FrameHead::peek(&frame).map(|h| (h.kind, h.id)) {
             // A request: its own stream; the response comes back on it.
-            Some((0, _)) | None => {
+            Some((FrameKind::Request, _)) | None => {
                 let (mut send, mut recv) =
                     s.conn.open_bi().await.map_err(|e| closed(e, &s.peer))?;
                 send.write_all(&frame)
@@ -419,7 +424,7 @@ impl FrameSender for QuicSender {
                 });
             }
             // A response: on its request's stream.
-            Some((1 | 2, id)) => {
+            Some((FrameKind::Response | FrameKind::Error, id)) => {
                 let stream = s.responders.lock().remove(&id);
                 let mut send = match stream {
                     Some(st) => st,
@@ -431,7 +436,7 @@ impl FrameSender for QuicSender {
                 let _ = send.finish();
             }
             // A notification: its own one-way stream.
-            Some(_) => {
+            Some((FrameKind::Notification, _)) => {
                 let mut send = s.conn.open_uni().await.map_err(|e| closed(e, &s.peer))?;
                 send.write_all(&frame)
                     .await

@@ -48,7 +48,9 @@ impl Default for WsOptions {
 enum Msg {
     Frame(Bytes),
     Ping,
-    Close,
+    /// Close, with a status code and reason when there is one to give (1009: a message over
+    /// the limit).
+    Close(Option<(u16, String)>),
 }
 
 enum In {
@@ -78,7 +80,7 @@ impl FrameSender for Sender {
     }
 
     fn close(&self) {
-        let _ = self.tx.try_send(Msg::Close);
+        let _ = self.tx.try_send(Msg::Close(None));
     }
 }
 
@@ -142,10 +144,10 @@ where
                 _ = tick.tick() => Some(Msg::Ping),
             };
             let Some(msg) = msg else {
-                let _ = sink.send(to_msg(Msg::Close)).await;
+                let _ = sink.send(to_msg(Msg::Close(None))).await;
                 return;
             };
-            let close = matches!(msg, Msg::Close);
+            let close = matches!(msg, Msg::Close(_));
             if sink.send(to_msg(msg)).await.is_err() || close {
                 let _ = sink.close().await;
                 return;
@@ -155,6 +157,7 @@ where
     let mut stream = stream;
     let idle = ping_every * 3;
     tokio::spawn(async move {
+        let mut close = None;
         loop {
             let next = tokio::time::timeout(idle, stream.next()).await;
             let item = match next {
@@ -176,12 +179,17 @@ where
                     In::Closed => break,
                 },
                 Err(e) => {
-                    let _ = in_tx.send(Err(classify(&e))).await;
+                    let e = classify(&e);
+                    if e.kind() == ErrorKind::TooLarge {
+                        // Say why, with the status a WebSocket client understands.
+                        close = Some((1009, e.message().to_owned()));
+                    }
+                    let _ = in_tx.send(Err(e)).await;
                     break;
                 }
             }
         }
-        let _ = pinger.try_send(Msg::Close);
+        let _ = pinger.try_send(Msg::Close(close));
     });
     Link {
         sender: Arc::new(Sender {
@@ -198,6 +206,18 @@ where
     }
 }
 
+/// A close reason cut to what a close frame holds (123 bytes of UTF-8).
+fn close_reason(mut reason: String) -> String {
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
 fn is_json(frame: &Bytes) -> bool {
     Codec::detect(frame) == Codec::Json
 }
@@ -212,7 +232,11 @@ fn axum_out(m: Msg) -> ws::Message {
         },
         Msg::Frame(f) => ws::Message::Binary(f),
         Msg::Ping => ws::Message::Ping(Bytes::new()),
-        Msg::Close => ws::Message::Close(None),
+        Msg::Close(None) => ws::Message::Close(None),
+        Msg::Close(Some((code, reason))) => ws::Message::Close(Some(ws::CloseFrame {
+            code,
+            reason: close_reason(reason).into(),
+        })),
     }
 }
 
@@ -280,7 +304,13 @@ fn tung_out(m: Msg) -> tungstenite::Message {
         },
         Msg::Frame(f) => tungstenite::Message::Binary(f),
         Msg::Ping => tungstenite::Message::Ping(Bytes::new()),
-        Msg::Close => tungstenite::Message::Close(None),
+        Msg::Close(None) => tungstenite::Message::Close(None),
+        Msg::Close(Some((code, reason))) => {
+            tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
+                code: code.into(),
+                reason: close_reason(reason).into(),
+            }))
+        }
     }
 }
 
@@ -361,5 +391,56 @@ impl Transport for WsTransport {
             target.to_string(),
             Codec::Binary,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_closes_with_1009() {
+        let accept: AcceptFn = Arc::new(|link: Link| {
+            // Keep the link alive until the socket closes.
+            tokio::spawn(async move {
+                let mut receiver = link.receiver;
+                while receiver.recv().await.is_some() {}
+                drop(link.sender);
+            });
+        });
+        let app = router(
+            accept,
+            WsOptions {
+                max_message_bytes: 1024,
+                ..Default::default()
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, service).await.unwrap();
+        });
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync/ws"))
+            .await
+            .unwrap();
+        ws.send(tungstenite::Message::Binary(Bytes::from(vec![0u8; 4096])))
+            .await
+            .unwrap();
+        let close = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = ws.next().await {
+                if let Ok(tungstenite::Message::Close(frame)) = m {
+                    return frame;
+                }
+            }
+            None
+        })
+        .await
+        .unwrap()
+        .expect("a close frame with a status");
+        assert_eq!(u16::from(close.code), 1009, "{close:?}");
+        assert!(!close.reason.is_empty());
     }
 }
