@@ -177,7 +177,7 @@ pub fn describe() {
 }
 
 fn export(remote: &str, i: &Inputs, reason: Reason) {
-    let r = remote.to_owned();
+    let r = syncline_core::telemetry::remote_label(remote);
     gauge!("syncline_scheduler_rtt_seconds", "remote" => r.clone()).set(i.rtt);
     gauge!("syncline_scheduler_throughput_bytes_per_second", "remote" => r.clone())
         .set(i.throughput);

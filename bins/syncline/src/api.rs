@@ -296,7 +296,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     match &s.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
+            syncline_core::telemetry::render_status(&h.render(), &s.reactor.sync().status()),
         )
             .into_response(),
         None => ApiError(Error::not_found(

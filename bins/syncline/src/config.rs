@@ -146,11 +146,19 @@ impl Default for SchedulerChoice {
 pub struct MetricsConfig {
     /// Serve `/metrics` (Prometheus text format).
     pub enabled: bool,
+    /// Remotes with a `remote` label of their own; remotes added beyond them share `other`.
+    pub max_remote_labels: usize,
+    /// Listening peers with a `peer` label of their own in `syncline_listener_lag_ops`.
+    pub max_peer_labels: usize,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true }
+        MetricsConfig {
+            enabled: true,
+            max_remote_labels: 64,
+            max_peer_labels: 64,
+        }
     }
 }
 

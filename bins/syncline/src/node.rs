@@ -32,6 +32,12 @@ pub(crate) fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
                 .inspect(|_| {
                     syncline_core::telemetry::describe();
                     syncline_scheduler::describe();
+                    metrics::describe_gauge!(
+                        "syncline_build_info",
+                        "The running build: always 1, with its version as a label."
+                    );
+                    metrics::gauge!("syncline_build_info", "version" => env!("CARGO_PKG_VERSION"))
+                        .set(1.0);
                 })
         })
         .clone()
@@ -211,6 +217,10 @@ impl Node {
         } else {
             Arc::new(RulePermissions::new(config.permissions.rules.clone())?)
         };
+        syncline_core::telemetry::set_label_limits(
+            config.metrics.max_remote_labels,
+            config.metrics.max_peer_labels,
+        );
         let metrics = if config.metrics.enabled {
             Some(metrics_handle()?)
         } else {

@@ -761,6 +761,7 @@ impl SyncManager {
         shared.stop();
         self.tasks.lock().remove(&name);
         self.ctx.scheduler.forget(name.as_str());
+        telemetry::remote_removed(name.as_str());
         self.ctx.state.delete_remote(&name).await
     }
 
@@ -945,6 +946,7 @@ impl SyncManager {
         .await;
         for r in &remotes {
             r.stop();
+            telemetry::remote_removed(r.name());
         }
         self.tasks.lock().clear();
         self.responder.close_sessions();

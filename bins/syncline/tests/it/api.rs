@@ -215,8 +215,86 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Gauges computed from the status, and the build.
+    for name in [
+        "syncline_dead_letters{remote=\"b\"} 0",
+        "syncline_remote_last_success_timestamp_seconds{remote=\"b\"}",
+        "syncline_build_info{version=",
+        "syncline_remote_connected{remote=\"b\"} 1",
+    ] {
+        assert!(text.contains(name), "{name} is missing:\n{text}");
+    }
+    let b_text = reqwest::get(format!("http://{}/metrics", b.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        b_text.contains("syncline_listener_lag_ops{peer=\"metrics-a\"} "),
+        "{b_text}"
+    );
+    // Every metric the dashboard in docs/ plots is one the node exports.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/grafana/syncline-node.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in metric_names(expr) {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    text.contains(&format!("# TYPE {base} ")),
+                    "panel {:?} plots {name}, which the node does not export",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} metrics in the dashboard");
+    // A removed remote's series leave /metrics.
+    a.reactor.sync().remove_remote("b").await.unwrap();
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("remote=\"b\""),
+        "series of the removed remote remain:\n{}",
+        text.lines()
+            .filter(|l| l.contains("remote=\"b\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The `syncline_*` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("syncline_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.push(name);
+    }
+    out
 }
 
 /// What an operator sees of the edges through the API: an action over the limit answers 413

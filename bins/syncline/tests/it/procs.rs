@@ -339,3 +339,65 @@ fn metrics_tell_the_truth_while_a_peer_is_away() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Remote names come from the API, so their labels are bounded: beyond
+/// `metrics.max_remote_labels` remotes share `other`, and a removed remote frees its label and
+/// leaves `/metrics`.
+#[test]
+fn remote_labels_are_bounded_and_removed_remotes_leave_metrics() {
+    syncline::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let a = NodeProc::start(
+        dir.path(),
+        "labels",
+        port,
+        &format!(
+            "node_id = \"labels\"\ndata_dir = \"{}\"\n[store]\nkind = \"memory\"\n\
+             [listen]\nhttp = \"127.0.0.1:{port}\"\n[metrics]\nmax_remote_labels = 2\n",
+            dir.path().display()
+        ),
+    );
+    let client = reqwest::blocking::Client::new();
+    let add = |name: &str| {
+        let s = client
+            .post(format!("{}/v1/remotes", a.http))
+            .json(&json!({"name": name, "url": format!("ws://127.0.0.1:{}", free_port()), "mode": "push"}))
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(s.as_u16(), 201, "adding {name}");
+    };
+    let metrics = || {
+        client
+            .get(format!("{}/metrics", a.http))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    for name in ["r1", "r2", "r3", "r4"] {
+        add(name);
+    }
+    let text = metrics();
+    let has = |text: &str, remote: &str| {
+        text.contains(&format!("syncline_outbox_lag_ops{{remote=\"{remote}\"}}"))
+    };
+    assert!(has(&text, "r1") && has(&text, "r2"), "{text}");
+    assert!(!has(&text, "r3") && !has(&text, "r4"), "{text}");
+    assert!(has(&text, "other"), "{text}");
+    assert!(
+        text.contains("syncline_dead_letters{remote=\"other\"} 0"),
+        "{text}"
+    );
+    let s = client
+        .delete(format!("{}/v1/remotes/r1", a.http))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(s.as_u16(), 204);
+    add("r5");
+    let text = metrics();
+    assert!(!text.contains("remote=\"r1\""), "{text}");
+    assert!(has(&text, "r5"), "{text}");
+}
