@@ -946,7 +946,7 @@ impl SyncManager {
         .await;
         for r in &remotes {
             r.stop();
-            telemetry::remote_removed(r.name());
+            telemetry::remote_removed(r.config.name.as_str());
         }
         self.tasks.lock().clear();
         self.responder.close_sessions();
