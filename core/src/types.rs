@@ -47,6 +47,18 @@ fn check_name(what: &str, value: &str, allow_slash: bool) -> Result<()> {
             if allow_slash { " /" } else { "" }
         )));
     }
+    // Ids end up in paths (URLs, files, keys): no empty, `.` or `..` segment.
+    if let Some(seg) = value
+        .split('/')
+        .find(|seg| seg.is_empty() || *seg == "." || *seg == "..")
+    {
+        let why = if seg.is_empty() {
+            "an empty segment (a leading, trailing or doubled /)".to_owned()
+        } else {
+            format!("a {seg:?} segment")
+        };
+        return Err(Error::invalid(format!("{what} {value:?} has {why}")));
+    }
     Ok(())
 }
 
@@ -659,6 +671,22 @@ mod tests {
         let err = Scope::new("with space").unwrap_err();
         assert!(err.to_string().contains("' '"), "{err}");
         assert!(DocumentId::new("x".repeat(300)).is_err());
+        for bad in [
+            ".",
+            "..",
+            "/",
+            "a/",
+            "/a",
+            "a//b",
+            "/../../etc/passwd",
+            "a/./b",
+            "a/../b",
+        ] {
+            let e = DocumentId::new(bad).unwrap_err();
+            assert!(e.to_string().contains("segment"), "{bad}: {e}");
+        }
+        assert!(DocumentId::new("a.b/.c/d..").is_ok());
+        assert!(ReactorId::new("..").is_err());
         let bad: Result<ReactorId, _> = serde_json::from_str("\"a b\"");
         assert!(bad.is_err());
     }

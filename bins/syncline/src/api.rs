@@ -3,8 +3,8 @@
 //! | route | does |
 //! |---|---|
 //! | `POST /v1/documents/{doc}/actions` | submits actions; `201 {operations: [{id, ordinal, timestamp}]}` |
-//! | `GET /v1/documents/{doc}?scope&branch` | `{strand, document_type, state, revision, errored, operations}` |
-//! | `GET /v1/documents/{doc}/operations?scope&branch` | the operations in canonical order, each with the peers' `refused` verdicts and `excluded` when an authority refused it |
+//! | `GET /v1/documents/{doc}?scope&branch&offset&limit` | `{strand, document_type, state, revision, errored, operations, operations_total, next_offset}` (a page of at most [`MAX_PAGE`] operations) |
+//! | `GET /v1/documents/{doc}/operations?scope&branch&offset&limit` | a page of the operations in canonical order, each with the peers' `refused` verdicts and `excluded` when an authority refused it |
 //! | `GET /v1/documents` | every strand with its head |
 //! | `GET /v1/remotes`, `POST /v1/remotes` | list, add (body: a remote) |
 //! | `GET /v1/remotes/{name}`, `DELETE /v1/remotes/{name}` | one remote's status, remove it |
@@ -36,6 +36,27 @@ pub struct AppState {
     pub reactor: Reactor,
     /// Renders `/metrics`, when metrics are on.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The addresses this node listens on, by URL scheme, filled in as listeners start: a
+    /// remote pointing at one of them is this node itself.
+    pub listening: std::sync::Arc<parking_lot::RwLock<Vec<(&'static str, std::net::SocketAddr)>>>,
+}
+
+impl AppState {
+    /// Refuses a remote URL that points at this node's own listeners (it would dial itself
+    /// forever).
+    pub fn check_not_self(&self, url: &str) -> syncline_core::Result<()> {
+        let ours = self
+            .listening
+            .read()
+            .iter()
+            .any(|(scheme, addr)| points_at(url, scheme, addr));
+        if ours {
+            return Err(Error::invalid(format!(
+                "{url} is this node's own listener; a remote must be another node"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,13 +111,99 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// `?scope=&branch=`.
+/// Whether remote URL `url` dials listener `addr` of kind `scheme` (`http`, which serves
+/// `http://` and `ws://`, or `quic`): same port, and the same address or a local one.
+pub fn points_at(url: &str, scheme: &str, addr: &std::net::SocketAddr) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    let kind = match u.scheme() {
+        "ws" | "http" => "http",
+        other => other,
+    };
+    kind == scheme
+        && addr.port() == port
+        && (local || addr.ip().is_unspecified() || addr.ip().to_string() == host)
+}
+
+/// `?scope=&branch=`, and which page of operations.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StrandQuery {
     scope: Option<String>,
     branch: Option<String>,
     /// `GET /v1/documents/{doc}`: include the operation list (default true).
     operations: Option<bool>,
+    /// The first operation listed (its index in canonical order; default 0).
+    offset: Option<usize>,
+    /// How many operations are listed at most (default and maximum [`MAX_PAGE`]).
+    limit: Option<usize>,
+}
+
+/// The most operations one response lists; more are paged with `offset`.
+pub const MAX_PAGE: usize = 1000;
+
+/// A path parameter, or the JSON error for one that does not parse (invalid UTF-8 in a
+/// percent-encoded id, say).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| ApiPath(t))
+            .map_err(|e| {
+                ApiError(Error::invalid(format!(
+                    "the path is not valid: {}",
+                    e.body_text()
+                )))
+            })
+    }
+}
+
+/// A query string, or the JSON error for one that does not parse.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| ApiQuery(t))
+            .map_err(|e| {
+                ApiError(Error::invalid(format!(
+                    "the query string is not valid: {}",
+                    e.body_text()
+                )))
+            })
+    }
 }
 
 /// One action of a submission.
@@ -165,8 +272,13 @@ fn json_error(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
 
 /// The strand's operations as JSON, each with the refusals peers reported for it (by whom,
 /// why, when) and whether the view leaves it out.
-async fn operations_json(s: &AppState, strand: &StrandId) -> ApiResult<Value> {
+async fn operations_json(s: &AppState, strand: &StrandId, q: &StrandQuery) -> ApiResult<Value> {
     let ops = s.reactor.operations(strand).await?;
+    let total = ops.len();
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let ops: Vec<_> = ops.into_iter().skip(offset).take(limit).collect();
+    let next = (offset + ops.len() < total).then_some(offset + ops.len());
     let mut refusals: std::collections::HashMap<_, Vec<Value>> = Default::default();
     for r in s.reactor.sync().refusals().await? {
         if &r.strand == strand {
@@ -186,12 +298,12 @@ async fn operations_json(s: &AppState, strand: &StrandId) -> ApiResult<Value> {
         }
         out.push(v);
     }
-    Ok(Value::Array(out))
+    Ok(json!({"operations": out, "operations_total": total, "next_offset": next}))
 }
 
 async fn submit(
     State(s): State<AppState>,
-    Path(doc): Path<String>,
+    ApiPath(doc): ApiPath<String>,
     body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Submitted>)> {
     let Json(body) = body.map_err(json_error)?;
@@ -206,27 +318,31 @@ async fn submit(
 
 async fn document(
     State(s): State<AppState>,
-    Path(doc): Path<String>,
-    Query(q): Query<StrandQuery>,
+    ApiPath(doc): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StrandQuery>,
 ) -> ApiResult<Json<Value>> {
     let strand = StrandId::parse(&doc, q.scope.as_deref(), q.branch.as_deref())?;
     let state = s.reactor.document(&strand).await?;
     let mut v = serde_json::to_value(&state)
         .map_err(|e| Error::internal(format!("encoding a document failed: {e}")))?;
     if q.operations.unwrap_or(true) {
-        v["operations"] = operations_json(&s, &strand).await?;
+        let page = operations_json(&s, &strand, &q).await?;
+        for key in ["operations", "operations_total", "next_offset"] {
+            v[key] = page[key].clone();
+        }
     }
     Ok(Json(v))
 }
 
 async fn operations(
     State(s): State<AppState>,
-    Path(doc): Path<String>,
-    Query(q): Query<StrandQuery>,
+    ApiPath(doc): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StrandQuery>,
 ) -> ApiResult<Json<Value>> {
     let strand = StrandId::parse(&doc, q.scope.as_deref(), q.branch.as_deref())?;
-    let ops = operations_json(&s, &strand).await?;
-    Ok(Json(json!({"strand": strand, "operations": ops})))
+    let mut page = operations_json(&s, &strand, &q).await?;
+    page["strand"] = json!(strand);
+    Ok(Json(page))
 }
 
 async fn documents(State(s): State<AppState>) -> ApiResult<Json<Value>> {
@@ -243,19 +359,23 @@ async fn add_remote(
     body: Result<Json<RemoteConfig>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(config) = body.map_err(json_error)?;
+    s.check_not_self(&config.url)?;
     let name = config.name.to_string();
     s.reactor.sync().add_remote(config).await?;
     let status = s.reactor.sync().remote_status(&name)?;
     Ok((StatusCode::CREATED, Json(json!(status))))
 }
 
-async fn remote(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn remote(
+    State(s): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(json!(s.reactor.sync().remote_status(&name)?)))
 }
 
 async fn remove_remote(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     s.reactor.sync().remove_remote(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -276,7 +396,7 @@ async fn dead_letters(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"dead_letters": summary})))
 }
 
-async fn requeue(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn requeue(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
     s.reactor.sync().requeue_dead_letter(&id).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -312,6 +432,19 @@ async fn not_found() -> ApiError {
     ))
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let mut r = ApiError(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "{method} is not allowed on {}; see docs/config.md for the API",
+            uri.path()
+        ),
+    ))
+    .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
 /// The application routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.reactor.config().sync.max_frame_bytes;
@@ -328,6 +461,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

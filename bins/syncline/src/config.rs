@@ -433,6 +433,20 @@ impl Config {
                     format!("{} is used twice", r.name),
                 ));
             }
+            let own = std::iter::once(("http", self.listen.http))
+                .chain(self.listen.quic.map(|q| ("quic", q)));
+            for (kind, addr) in own {
+                if crate::api::points_at(&r.url, kind, &addr) {
+                    return Err(err(
+                        &format!("{key}.url"),
+                        format!(
+                            "remote {}: {} is this node's own listener (listen.{kind}); a \
+                             remote must be another node",
+                            r.name, r.url
+                        ),
+                    ));
+                }
+            }
             let scheme = url::Url::parse(&r.url)
                 .map(|u| u.scheme().to_owned())
                 .unwrap_or_default();

@@ -249,9 +249,11 @@ impl Node {
                 None => reactor.sync().add_remote(r.clone()).await?,
             }
         }
+        let listening = Arc::new(parking_lot::RwLock::new(Vec::new()));
         let state = AppState {
             reactor: reactor.clone(),
             metrics,
+            listening: listening.clone(),
         };
         let r = reactor.clone();
         let accept: syncline_core::AcceptFn = Arc::new(move |link| {
@@ -280,6 +282,7 @@ impl Node {
             .await
             .with_context(|| format!("listen.http: cannot listen on {}", config.listen.http))?;
         let http_addr = listener.local_addr()?;
+        listening.write().push(("http", http_addr));
         let limits = ServerLimits {
             header_timeout: Duration::from_millis(config.listen.header_timeout),
             connections: config.listen.connection_limits(),
@@ -296,6 +299,7 @@ impl Node {
                 addr.ip(),
                 url.port().unwrap_or(addr.port()),
             ));
+            listening.write().extend(quic_addr.map(|a| ("quic", a)));
             #[cfg(feature = "transport-quic")]
             if let Some(path) = &config.transports.quic.write_self_signed
                 && let Some(pem) = transports.quic.self_signed_pem()

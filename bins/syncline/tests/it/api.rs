@@ -23,6 +23,7 @@ async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = match method {
         "POST" => client.post(url),
         "DELETE" => client.delete(url),
+        "PUT" => client.put(url),
         _ => client.get(url),
     };
     if let Some(b) = body {
@@ -280,6 +281,128 @@ async fn metrics_pass_promtool() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Every error the API gives is its JSON error, whatever went wrong: a wrong method, a bad query
+/// string, invalid UTF-8 or a path-like document id, a remote pointing at the node itself; and
+/// long operation lists come in pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_edges_answer_with_the_json_error() {
+    let n = node("edges").await;
+    let base = format!("http://{}", n.http_addr);
+    let kind = |v: &Value| v["error"]["kind"].as_str().unwrap_or_default().to_owned();
+    let (status, v) = call("PUT", &format!("{base}/v1/documents"), None).await;
+    assert_eq!((status, kind(&v).as_str()), (405, "unsupported"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("PUT"),
+        "{v}"
+    );
+    let (status, v) = call(
+        "GET",
+        &format!("{base}/v1/documents/x?operations=maybe"),
+        None,
+    )
+    .await;
+    assert_eq!((status, kind(&v).as_str()), (400, "invalid_input"), "{v}");
+    let (status, v) = call("GET", &format!("{base}/v1/documents/x?nonsense=1"), None).await;
+    assert_eq!((status, kind(&v).as_str()), (400, "invalid_input"), "{v}");
+    let (status, v) = call("GET", &format!("{base}/v1/documents/%FF%FE"), None).await;
+    assert_eq!((status, kind(&v).as_str()), (400, "invalid_input"), "{v}");
+    // Sent as they are (an HTTP client would normalise `%2E` segments away).
+    for bad in [
+        "%2E",
+        "%2E%2E",
+        "%2F",
+        "a%2F",
+        "a%2F%2Fb",
+        "%2F..%2F..%2Fetc%2Fpasswd",
+    ] {
+        let body = r#"{"actions": [{"type": "set", "input": {"path": "/a", "value": 1}}]}"#;
+        let (status, v) = raw(
+            n.http_addr,
+            &format!(
+                "POST /v1/documents/{bad}/actions HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, kind(&v).as_str()),
+            (400, "invalid_input"),
+            "{bad}: {v}"
+        );
+        let (status, v) = raw(
+            n.http_addr,
+            &format!("GET /v1/documents/{bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(
+            (status, kind(&v).as_str()),
+            (400, "invalid_input"),
+            "{bad}: {v}"
+        );
+    }
+    let (status, v) = call(
+        "POST",
+        &format!("{base}/v1/remotes"),
+        Some(json!({"name": "me", "url": format!("ws://localhost:{}", n.http_addr.port())})),
+    )
+    .await;
+    assert_eq!((status, kind(&v).as_str()), (400, "invalid_input"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("own listener"),
+        "{v}"
+    );
+    // Pages of operations.
+    for _ in 0..5 {
+        let (status, _) = call(
+            "POST",
+            &format!("{base}/v1/documents/paged/actions"),
+            Some(json!({"actions": [{"type": "increment", "input": {"path": "/n"}}]})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (_, v) = call("GET", &format!("{base}/v1/documents/paged?limit=2"), None).await;
+    assert_eq!(v["operations"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(
+        (v["operations_total"].as_u64(), v["next_offset"].as_u64()),
+        (Some(5), Some(2))
+    );
+    assert_eq!(v["state"]["n"], 5, "the state is whole whatever the page");
+    let (_, v) = call(
+        "GET",
+        &format!("{base}/v1/documents/paged/operations?offset=4"),
+        None,
+    )
+    .await;
+    assert_eq!(v["operations"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["next_offset"].is_null(), "{v}");
+    n.shutdown().await;
+}
+
+/// Sends `request` as it is and reads the answer: its status and JSON body.
+async fn raw(addr: SocketAddr, request: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(answer.clone())),
+    )
 }
 
 /// The `syncline_*` metric names in a PromQL expression.

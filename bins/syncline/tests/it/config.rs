@@ -114,6 +114,21 @@ fn invalid_configurations_name_the_key_and_the_reason() {
         "used twice",
     );
     check_fails(
+        "[listen]\nhttp = \"127.0.0.1:8090\"\n[[remotes]]\nname = \"me\"\nurl = \"ws://localhost:8090\"",
+        "remotes[0].url",
+        "this node's own listener (listen.http)",
+    );
+    check_fails(
+        "[listen]\nheader_timeout = 0",
+        "listen.header_timeout",
+        "at least 1",
+    );
+    check_fails(
+        "[sync]\nhello_timeout = 0",
+        "sync",
+        "hello_timeout must be positive",
+    );
+    check_fails(
         "[scheduler.adaptive]\nmin_interval = 90000",
         "scheduler",
         "min_interval",
