@@ -76,7 +76,7 @@ struct Counters {
 }
 
 struct NetInner {
-    listeners: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Link>)>>,
+    listeners: Mutex<HashMap<String, (u64, mpsc::Sender<Link>)>>,
     next_listener: AtomicU64,
     faults: Mutex<FaultConfig>,
     /// Directions `(from, to)` that are cut.
@@ -247,6 +247,12 @@ impl fmt::Debug for MemoryTransport {
     }
 }
 
+/// Frames in flight on one direction of a link; a sender beyond it waits, as it would on a
+/// full socket.
+const LINK_FRAMES: usize = 1024;
+/// Links dialled but not yet accepted by a listener.
+const PENDING_LINKS: usize = 64;
+
 fn target_name(url: &Url) -> Result<String> {
     match url.host_str() {
         Some(h) if !h.is_empty() => Ok(h.to_owned()),
@@ -257,7 +263,7 @@ fn target_name(url: &Url) -> Result<String> {
 }
 
 struct MemSender {
-    tx: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    tx: Mutex<Option<mpsc::Sender<Bytes>>>,
     net: MemoryNetwork,
     from: String,
     to: String,
@@ -284,7 +290,7 @@ impl FrameSender for MemSender {
         let c = &self.net.0.counters;
         match self.net.fate(&self.from, &self.to) {
             Fate::Deliver => {
-                let _ = tx.send(frame);
+                let _ = tx.send(frame).await;
             }
             Fate::Drop => {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
@@ -294,14 +300,14 @@ impl FrameSender for MemSender {
             }
             Fate::Duplicate => {
                 c.duplicated.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(frame.clone());
-                let _ = tx.send(frame);
+                let _ = tx.send(frame.clone()).await;
+                let _ = tx.send(frame).await;
             }
             Fate::Delay(d) => {
                 c.delayed.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     tokio::time::sleep(d).await;
-                    let _ = tx.send(frame);
+                    let _ = tx.send(frame).await;
                 });
             }
         }
@@ -314,7 +320,7 @@ impl FrameSender for MemSender {
 }
 
 struct MemReceiver {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
 }
 
 impl fmt::Debug for MemReceiver {
@@ -334,8 +340,8 @@ fn link(
     net: &MemoryNetwork,
     from: &str,
     to: &str,
-    tx: mpsc::UnboundedSender<Bytes>,
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     codec: Codec,
     duplex: bool,
 ) -> Link {
@@ -380,8 +386,8 @@ impl Transport for MemoryTransport {
             .ok_or_else(|| {
                 Error::new(ErrorKind::Unavailable, format!("nothing listens on {url}"))
             })?;
-        let (to_server, server_rx) = mpsc::unbounded_channel();
-        let (to_client, client_rx) = mpsc::unbounded_channel();
+        let (to_server, server_rx) = mpsc::channel(LINK_FRAMES);
+        let (to_client, client_rx) = mpsc::channel(LINK_FRAMES);
         let server_side = link(
             &self.net,
             &target,
@@ -393,6 +399,7 @@ impl Transport for MemoryTransport {
         );
         accept
             .send(server_side)
+            .await
             .map_err(|_| Error::new(ErrorKind::Unavailable, format!("{url} stopped listening")))?;
         Ok(link(
             &self.net,
@@ -414,7 +421,7 @@ impl Transport for MemoryTransport {
                 format!("{url} is already listened on"),
             ));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(PENDING_LINKS);
         let id = self.net.0.next_listener.fetch_add(1, Ordering::Relaxed);
         listeners.insert(name.clone(), (id, tx));
         Ok(Box::new(MemAcceptor {
@@ -432,7 +439,7 @@ struct MemAcceptor {
     id: u64,
     name: String,
     url: Url,
-    rx: mpsc::UnboundedReceiver<Link>,
+    rx: mpsc::Receiver<Link>,
 }
 
 impl fmt::Debug for MemAcceptor {

@@ -163,7 +163,7 @@ struct PubSender {
     link: [u8; 16],
     url: String,
     closed: Arc<std::sync::atomic::AtomicBool>,
-    on_close: Mutex<Option<mpsc::UnboundedSender<()>>>,
+    on_close: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl fmt::Debug for PubSender {
@@ -185,7 +185,7 @@ impl PubSender {
             // reconnects, rather than let requests wait for their timeouts on a dead link.
             self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(tx) = self.on_close.lock().take() {
-                let _ = tx.send(());
+                let _ = tx.try_send(());
             }
             return Err(Error::closed(format!(
                 "nobody listens on {} at {} (the peer is not running)",
@@ -222,13 +222,35 @@ impl FrameSender for PubSender {
                     c.publish(&target, encode(CLOSE, &link, &reply, &[])).await;
             });
             if let Some(tx) = self.on_close.lock().take() {
-                let _ = tx.send(());
+                let _ = tx.try_send(());
             }
         }
     }
 }
 
-struct ChanReceiver(mpsc::UnboundedReceiver<Result<Bytes>>);
+struct ChanReceiver(mpsc::Receiver<Result<Bytes>>);
+
+/// Frames of one link waiting for its session; beyond it a frame is dropped (pub/sub is
+/// at most once: the sender's request times out and is retried) and counted as an
+/// `overflow` rejection.
+const LINK_FRAMES: usize = 1024;
+/// Links one listener serves at once; a hello beyond it is answered with a close.
+const MAX_LINKS: usize = 4096;
+/// Links waiting to be accepted.
+const PENDING_LINKS: usize = 64;
+
+/// Hands a frame to a session's channel without waiting: one task serves every link.
+fn hand_over(tx: &mpsc::Sender<Result<Bytes>>, frame: Bytes) -> bool {
+    match tx.try_send(Ok(frame)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            syncline_core::telemetry::frame_rejected("overflow");
+            tracing::debug!("a redis link's session is {LINK_FRAMES} frames behind; dropped one");
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
 
 impl fmt::Debug for ChanReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -263,8 +285,8 @@ impl Transport for RedisTransport {
         sub.subscribe(&reply)
             .await
             .map_err(|e| unavailable("subscribing", &shown, e))?;
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let (close_tx, mut close_rx) = mpsc::unbounded_channel::<()>();
+        let (in_tx, in_rx) = mpsc::channel(LINK_FRAMES);
+        let (close_tx, mut close_rx) = mpsc::channel::<()>(1);
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sender = Arc::new(PubSender {
             conn: publisher,
@@ -293,7 +315,7 @@ impl Transport for RedisTransport {
                         heard = Instant::now();
                         match msg.kind {
                             FRAME
-                                if in_tx.send(Ok(msg.frame)).is_err() => {
+                                if !hand_over(&in_tx, msg.frame) => {
                                     break;
                                 }
                             CLOSE => break,
@@ -335,7 +357,7 @@ impl Transport for RedisTransport {
         sub.subscribe(&channel)
             .await
             .map_err(|e| unavailable("subscribing", &shown, e))?;
-        let (accept_tx, accept_rx) = mpsc::unbounded_channel();
+        let (accept_tx, accept_rx) = mpsc::channel(PENDING_LINKS);
         let task = tokio::spawn(listen_loop(
             sub,
             client,
@@ -357,7 +379,7 @@ fn hex16(b: &[u8; 16]) -> String {
 }
 
 struct ServedLink {
-    to_session: mpsc::UnboundedSender<Result<Bytes>>,
+    to_session: mpsc::Sender<Result<Bytes>>,
     sender: Arc<PubSender>,
     heard: Instant,
 }
@@ -367,7 +389,7 @@ async fn listen_loop(
     client: redis::Client,
     channel: String,
     publisher: ConnectionManager,
-    accept: mpsc::UnboundedSender<Link>,
+    accept: mpsc::Sender<Link>,
     url: String,
 ) {
     let mut links: HashMap<[u8; 16], ServedLink> = HashMap::new();
@@ -399,7 +421,7 @@ async fn listen_loop(
                 match (msg.kind, links.get_mut(&msg.link)) {
                     (FRAME, Some(l)) => {
                         l.heard = Instant::now();
-                        if l.to_session.send(Ok(msg.frame)).is_err() {
+                        if !hand_over(&l.to_session, msg.frame) {
                             links.remove(&msg.link);
                         }
                     }
@@ -419,8 +441,13 @@ async fn listen_loop(
                             let _ = sender.publish(CLOSE, &[]).await;
                             continue;
                         }
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        let _ = tx.send(Ok(msg.frame));
+                        if links.len() >= MAX_LINKS {
+                            tracing::debug!(peer = %msg.reply, "{MAX_LINKS} redis links open; closing a new one");
+                            let _ = sender.publish(CLOSE, &[]).await;
+                            continue;
+                        }
+                        let (tx, rx) = mpsc::channel(LINK_FRAMES);
+                        let _ = tx.try_send(Ok(msg.frame));
                         let link = Link {
                             sender: sender.clone(),
                             receiver: Box::new(ChanReceiver(rx)),
@@ -431,8 +458,15 @@ async fn listen_loop(
                                 codec: Codec::Binary,
                             },
                         };
-                        if accept.send(link).is_err() {
-                            return;
+                        match accept.try_send(link) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                // The reactor is not accepting fast enough: the peer says
+                                // hello again.
+                                let _ = sender.publish(CLOSE, &[]).await;
+                                continue;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
                         }
                         links.insert(msg.link, ServedLink { to_session: tx, sender, heard: Instant::now() });
                     }
@@ -470,7 +504,7 @@ async fn listen_loop(
 }
 
 struct RedisAcceptor {
-    rx: mpsc::UnboundedReceiver<Link>,
+    rx: mpsc::Receiver<Link>,
     url: Url,
     task: tokio::task::JoinHandle<()>,
 }
