@@ -39,6 +39,9 @@ pub struct ReactorConfig {
     pub snapshot_every: u64,
     /// Strands whose views are kept in memory.
     pub max_cached_views: usize,
+    /// Estimated bytes of the views kept in memory (states, snapshots, errors); beyond it the
+    /// least recently read strands leave the cache.
+    pub max_view_bytes: usize,
     /// How far ahead of our clock a received timestamp may be.
     #[serde(with = "crate::retry::millis")]
     pub max_clock_drift: Duration,
@@ -60,6 +63,7 @@ impl Default for ReactorConfig {
             max_submit_actions: 10_000,
             snapshot_every: 512,
             max_cached_views: 4096,
+            max_view_bytes: 256 << 20,
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             sync: SyncConfig::default(),
         }
@@ -74,6 +78,7 @@ impl ReactorConfig {
             ("max_commit_ops", self.max_commit_ops),
             ("max_submit_actions", self.max_submit_actions),
             ("max_cached_views", self.max_cached_views),
+            ("max_view_bytes", self.max_view_bytes),
         ] {
             if v == 0 {
                 return Err(Error::invalid(format!("reactor.{k} must be at least 1")));
@@ -205,7 +210,8 @@ impl ReactorBuilder {
             self.config.snapshot_every,
             self.config.max_cached_views,
             exclusions.clone(),
-        );
+        )
+        .with_max_bytes(self.config.max_view_bytes);
         let executor = JobExecutor {
             queue: queue.clone(),
             store: store.clone(),

@@ -73,6 +73,8 @@ struct Snapshot {
     last: SortKey,
     state: Value,
     errored: u64,
+    /// Estimated bytes of `state`.
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,42 @@ struct Cached {
     last: Option<SortKey>,
     errors: BTreeMap<SortKey, String>,
     snapshots: Vec<Snapshot>,
+    /// Estimated bytes of `state`: measured at each snapshot, grown by each folded input
+    /// in between (measuring is a walk of the whole state).
+    state_bytes: usize,
+}
+
+impl Cached {
+    /// Estimated memory the cached strand holds: its state, its snapshots and its errors.
+    fn weight(&self) -> usize {
+        self.state_bytes
+            + self.snapshots.iter().map(|s| s.bytes).sum::<usize>()
+            + self.errors.values().map(|e| e.len() + 48).sum::<usize>()
+    }
+}
+
+/// An estimate of the memory a JSON value takes (its text size plus per-node overhead), found
+/// without allocating.
+pub fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 16,
+        Value::String(s) => 24 + s.len(),
+        Value::Array(a) => 24 + a.iter().map(value_bytes).sum::<usize>(),
+        Value::Object(o) => {
+            48 + o
+                .iter()
+                .map(|(k, v)| 24 + k.len() + value_bytes(v))
+                .sum::<usize>()
+        }
+    }
+}
+
+/// Cached strands, the least recently read first out, with their estimated bytes.
+#[derive(Debug)]
+struct Slots {
+    lru: lru::LruCache<StrandId, (Slot, usize)>,
+    bytes: usize,
+    max_bytes: usize,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
@@ -96,7 +134,7 @@ pub struct DocumentView {
     store: DynStore,
     models: Arc<ModelRegistry>,
     /// Cached strands, least recently used first out.
-    slots: Mutex<lru::LruCache<StrandId, Slot>>,
+    slots: Mutex<Slots>,
     dirty: Dirty,
     snapshot_every: u64,
     exclusions: Arc<Exclusions>,
@@ -148,36 +186,84 @@ impl DocumentView {
         DocumentView {
             store,
             models,
-            slots: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(max_cached.max(1)).expect("at least 1"),
-            )),
+            slots: Mutex::new(Slots {
+                lru: lru::LruCache::new(
+                    std::num::NonZeroUsize::new(max_cached.max(1)).expect("at least 1"),
+                ),
+                bytes: 0,
+                max_bytes: usize::MAX,
+            }),
             dirty,
             snapshot_every: snapshot_every.max(1),
             exclusions,
         }
     }
 
+    /// Bounds the cached views by their estimated bytes as well (`reactor.max_view_bytes`):
+    /// beyond it the least recently read strands leave the cache.
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        self.slots.lock().max_bytes = max_bytes.max(1);
+        self
+    }
+
     fn slot(&self, strand: &StrandId) -> Slot {
         let mut slots = self.slots.lock();
-        if let Some(s) = slots.get(strand) {
+        if let Some((s, _)) = slots.lru.get(strand) {
             return s.clone();
         }
         let s: Slot = Arc::default();
         // Over the bound, the least recently read strand leaves the cache.
-        if let Some((victim, _)) = slots.push(strand.clone(), s.clone()) {
+        if let Some((victim, (_, bytes))) = slots.lru.push(strand.clone(), (s.clone(), 0)) {
+            slots.bytes -= bytes;
             self.dirty.lock().remove(&victim);
         }
         s
     }
 
+    /// Records what a strand's cached view weighs now, and sends the least recently read
+    /// strands away while the cache is over its bytes (never the one just read).
+    fn weigh(&self, strand: &StrandId, slot: &Slot, bytes: usize) {
+        let mut slots = self.slots.lock();
+        let Slots {
+            lru,
+            bytes: total,
+            max_bytes,
+        } = &mut *slots;
+        match lru.peek_mut(strand) {
+            Some((s, w)) if Arc::ptr_eq(s, slot) => {
+                *total = *total - *w + bytes;
+                *w = bytes;
+            }
+            // It left the cache while it was being read.
+            _ => return,
+        }
+        while *total > *max_bytes && lru.len() > 1 {
+            let Some((victim, (_, w))) = lru.pop_lru() else {
+                break;
+            };
+            if &victim == strand {
+                // The strand just read is the most recent; only it is left over the bound.
+                lru.put(victim, (slot.clone(), w));
+                break;
+            }
+            *total -= w;
+            self.dirty.lock().remove(&victim);
+        }
+    }
+
     /// Whether a strand's view is cached (without counting as a use).
     pub fn is_cached(&self, strand: &StrandId) -> bool {
-        self.slots.lock().contains(strand)
+        self.slots.lock().lru.contains(strand)
+    }
+
+    /// The estimated bytes of every cached view.
+    pub fn cached_bytes(&self) -> usize {
+        self.slots.lock().bytes
     }
 
     /// Snapshots held for a cached strand (0 if not cached).
     pub async fn snapshots(&self, strand: &StrandId) -> usize {
-        let slot = self.slots.lock().peek(strand).cloned();
+        let slot = self.slots.lock().lru.peek(strand).map(|(s, _)| s.clone());
         match slot {
             Some(s) => s.lock().await.as_ref().map_or(0, |c| c.snapshots.len()),
             None => 0,
@@ -198,6 +284,7 @@ impl DocumentView {
             last: None,
             errors: BTreeMap::new(),
             snapshots: Vec::new(),
+            state_bytes: 0,
         });
         if let (Some(m), Some(last)) = (mark, c.last)
             && m <= last
@@ -225,7 +312,9 @@ impl DocumentView {
                         .get(&op.document_type)
                         .map(|m| m.initial_state())
                         .unwrap_or(Value::Object(Default::default()));
+                    c.state_bytes = value_bytes(&c.state);
                 }
+                c.state_bytes += op.action.input.as_bytes().len();
                 let result = match self.models.get(&op.document_type) {
                     Ok(model) => match op.action.input.to_value() {
                         Ok(input) => {
@@ -244,11 +333,13 @@ impl DocumentView {
                     if c.snapshots.len() >= MAX_SNAPSHOTS {
                         c.snapshots.remove(0);
                     }
+                    c.state_bytes = value_bytes(&c.state);
                     c.snapshots.push(Snapshot {
                         len: c.len,
                         last: key,
                         state: c.state.clone(),
                         errored: c.errors.len() as u64,
+                        bytes: c.state_bytes,
                     });
                 }
             }
@@ -265,6 +356,7 @@ impl DocumentView {
         let mut guard = slot.lock().await;
         self.refresh(strand, &mut guard).await?;
         let c = guard.as_ref().expect("refresh fills the slot");
+        self.weigh(strand, &slot, c.weight());
         let state = if c.len == 0 {
             Value::Object(Default::default())
         } else {
@@ -285,6 +377,7 @@ impl DocumentView {
         let mut guard = slot.lock().await;
         self.refresh(strand, &mut guard).await?;
         let c = guard.as_ref().expect("refresh fills the slot");
+        self.weigh(strand, &slot, c.weight());
         let mut out = Vec::with_capacity(c.len as usize);
         let mut after = None;
         loop {
@@ -322,6 +415,7 @@ fn rollback(c: &mut Cached, from: SortKey) {
     match c.snapshots.last() {
         Some(s) => {
             c.state = s.state.clone();
+            c.state_bytes = s.bytes;
             c.len = s.len;
             c.last = Some(s.last);
             let cut = s.last;
@@ -330,6 +424,7 @@ fn rollback(c: &mut Cached, from: SortKey) {
         }
         None => {
             c.state = Value::Null;
+            c.state_bytes = 0;
             c.len = 0;
             c.last = None;
             c.errors.clear();

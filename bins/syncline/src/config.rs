@@ -224,6 +224,8 @@ pub struct ReactorTuning {
     pub snapshot_every: u64,
     /// Strands whose views are cached.
     pub max_cached_views: usize,
+    /// Estimated bytes of the cached views.
+    pub max_view_bytes: usize,
     /// Milliseconds a received timestamp may be ahead of our clock.
     pub max_clock_drift: u64,
 }
@@ -237,6 +239,7 @@ impl Default for ReactorTuning {
             max_submit_actions: r.max_submit_actions,
             snapshot_every: r.snapshot_every,
             max_cached_views: r.max_cached_views,
+            max_view_bytes: r.max_view_bytes,
             max_clock_drift: r.max_clock_drift.as_millis() as u64,
         }
     }
@@ -546,6 +549,7 @@ impl Config {
             max_submit_actions: self.reactor.max_submit_actions,
             snapshot_every: self.reactor.snapshot_every,
             max_cached_views: self.reactor.max_cached_views,
+            max_view_bytes: self.reactor.max_view_bytes,
             max_clock_drift: Duration::from_millis(self.reactor.max_clock_drift),
             sync: self.sync.clone(),
         }

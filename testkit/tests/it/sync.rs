@@ -900,3 +900,52 @@ async fn the_view_cache_evicts_the_least_recently_used_and_bounds_snapshots() {
     );
     assert_eq!(fresh.state(&x).await.unwrap(), view);
 }
+
+/// The view cache is bounded in bytes too: big states push the least recently read strands
+/// out, the strand just read stays even alone over the bound, and an evicted strand reads the
+/// same again.
+#[tokio::test]
+async fn the_view_cache_is_bounded_in_bytes() {
+    let net = MemoryNetwork::new();
+    let mut config = fast_config();
+    config.snapshot_every = 4;
+    config.max_view_bytes = 200_000;
+    let a = syncline_testkit::start_on(&net, "a", Arc::new(MemoryStore::new()), config, 1)
+        .await
+        .unwrap();
+    let big = "x".repeat(20_000);
+    let strands: Vec<StrandId> = (0..4)
+        .map(|i| StrandId::parse(&format!("big{i}"), None, None).unwrap())
+        .collect();
+    for s in &strands {
+        // Four 20 KB values: with its snapshot, about 100 KB per strand.
+        let actions: Vec<_> = (0..4)
+            .map(|k| ("set", json!({"path": format!("/k{k}"), "value": big})))
+            .collect();
+        a.submit(Submission::json(s.document_id.as_str(), actions).unwrap())
+            .await
+            .unwrap();
+    }
+    let mut states = Vec::new();
+    for s in &strands {
+        states.push(a.document(s).await.unwrap());
+        assert!(a.view().is_cached(s), "the strand just read stays");
+        let bytes = a.view().cached_bytes();
+        assert!(
+            bytes <= 200_000 || strands.iter().filter(|x| a.view().is_cached(x)).count() == 1,
+            "{bytes} bytes cached"
+        );
+    }
+    assert!(
+        !a.view().is_cached(&strands[0]),
+        "the least recently read left"
+    );
+    assert!(a.view().is_cached(&strands[3]));
+    assert!(
+        a.view().cached_bytes() > 80_000,
+        "{}",
+        a.view().cached_bytes()
+    );
+    assert_eq!(a.document(&strands[0]).await.unwrap(), states[0]);
+    a.shutdown(Duration::from_secs(1)).await;
+}
