@@ -296,7 +296,13 @@ pub fn frame_rejected(reason: &'static str) {
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     // Counters an operator alerts on exist from the start, at zero.
-    for reason in ["transport", "too_large", "protocol_version", "malformed", "overflow"] {
+    for reason in [
+        "transport",
+        "too_large",
+        "protocol_version",
+        "malformed",
+        "overflow",
+    ] {
         counter!("syncline_frames_rejected_total", "reason" => reason).increment(0);
     }
     for name in [
