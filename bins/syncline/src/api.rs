@@ -151,60 +151,51 @@ pub struct StrandQuery {
 /// The most operations one response lists; more are paged with `offset`.
 pub const MAX_PAGE: usize = 1000;
 
-/// A path parameter, or the JSON error for one that does not parse (invalid UTF-8 in a
-/// percent-encoded id, say).
-#[derive(Debug)]
-pub struct ApiPath<T>(pub T);
+/// An axum extractor that answers with the API's JSON error instead of axum's plain text.
+macro_rules! json_rejecting {
+    ($(#[$doc:meta])* $name:ident, $inner:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name<T>(pub T);
 
-impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
-where
-    T: serde::de::DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+        impl<S, T> axum::extract::FromRequestParts<S> for $name<T>
+        where
+            T: serde::de::DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(t)| ApiPath(t))
-            .map_err(|e| {
-                ApiError(Error::invalid(format!(
-                    "the path is not valid: {}",
-                    e.body_text()
-                )))
-            })
-    }
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                $inner::<T>::from_request_parts(parts, state)
+                    .await
+                    .map(|$inner(t)| $name(t))
+                    .map_err(|e| {
+                        ApiError(Error::invalid(format!(
+                            concat!($what, " is not valid: {}"),
+                            e.body_text()
+                        )))
+                    })
+            }
+        }
+    };
 }
 
-/// A query string, or the JSON error for one that does not parse.
-#[derive(Debug)]
-pub struct ApiQuery<T>(pub T);
-
-impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
-where
-    T: serde::de::DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(t)| ApiQuery(t))
-            .map_err(|e| {
-                ApiError(Error::invalid(format!(
-                    "the query string is not valid: {}",
-                    e.body_text()
-                )))
-            })
-    }
-}
+json_rejecting!(
+    /// A path parameter, or the JSON error for one that does not parse (invalid UTF-8 in a
+    /// percent-encoded id, say).
+    ApiPath,
+    Path,
+    "the path"
+);
+json_rejecting!(
+    /// A query string, or the JSON error for one that does not parse.
+    ApiQuery,
+    Query,
+    "the query string"
+);
 
 /// One action of a submission.
 #[derive(Debug, Deserialize)]

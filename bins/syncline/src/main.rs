@@ -241,6 +241,13 @@ async fn doc(cmd: DocCommand) -> anyhow::Result<()> {
                                 .unwrap_or_default()
                         );
                     }
+                    if let Some(next) = d["next_offset"].as_u64() {
+                        println!(
+                            "  … {} operations in all; the rest from GET \
+                             /v1/documents/{{doc}}/operations?offset={next}",
+                            d["operations_total"]
+                        );
+                    }
                 }
             }
         }

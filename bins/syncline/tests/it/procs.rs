@@ -231,9 +231,12 @@ fn three_nodes_over_three_transports_survive_sigkill() {
     for n in &nodes {
         let mut docs = BTreeMap::new();
         for d in 0..5 {
-            let v = get(&client, &format!("{n}/v1/documents/doc-{d}")).unwrap();
-            let ids: Vec<String> = v["operations"]
-                .as_array()
+            let v = get(
+                &client,
+                &format!("{n}/v1/documents/doc-{d}?operations=false"),
+            )
+            .unwrap();
+            let ids: Vec<String> = crate::support::all_operations(&client, n, &format!("doc-{d}"))
                 .unwrap()
                 .iter()
                 .map(|o| o["id"].as_str().unwrap().to_owned())

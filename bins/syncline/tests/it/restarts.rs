@@ -289,13 +289,15 @@ type Held = (Vec<String>, Vec<Value>);
 /// The ids of `doc`'s operations on `node` (empty if it has none), and the pushed values in its
 /// state; `None` if the node does not answer.
 fn held(client: &reqwest::blocking::Client, node: &str, doc: &str) -> Option<Held> {
-    let v = get_json(client, &format!("{node}/v1/documents/{doc}"))?;
+    let v = get_json(
+        client,
+        &format!("{node}/v1/documents/{doc}?operations=false"),
+    )?;
     if v.get("error").is_some() {
         // An unknown document: nothing held yet.
         return (v["error"]["kind"] == "not_found").then(|| (Vec::new(), Vec::new()));
     }
-    let ids = v["operations"]
-        .as_array()?
+    let ids = crate::support::all_operations(client, node, doc)?
         .iter()
         .filter_map(|o| o["id"].as_str().map(str::to_owned))
         .collect();

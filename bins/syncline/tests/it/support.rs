@@ -216,6 +216,28 @@ pub(crate) fn get_json(
     client.get(url).send().ok()?.json().ok()
 }
 
+/// Every operation of `doc` on `node`, through all the pages of
+/// `GET /v1/documents/{doc}/operations`; `None` if the node does not answer or answers an error.
+pub(crate) fn all_operations(
+    client: &::reqwest::blocking::Client,
+    node: &str,
+    doc: &str,
+) -> Option<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let v = get_json(
+            client,
+            &format!("{node}/v1/documents/{doc}/operations?offset={offset}"),
+        )?;
+        out.extend(v["operations"].as_array()?.iter().cloned());
+        match v["next_offset"].as_u64() {
+            Some(next) => offset = next,
+            None => return Some(out),
+        }
+    }
+}
+
 /// A tiny blocking GET (no async runtime needed in these helpers).
 pub(crate) mod reqwest {
     use std::io::{Read, Write};
