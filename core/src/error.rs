@@ -66,6 +66,32 @@ impl ErrorKind {
         )
     }
 
+    /// The HTTP status for this kind, the one table the application API and the HTTP sync
+    /// routes share.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidInput | ErrorKind::Malformed | ErrorKind::ProtocolVersion => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::AlreadyExists => 409,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::HashMismatch | ErrorKind::ClockDrift => 422,
+            ErrorKind::Unsupported => 501,
+            ErrorKind::Unavailable | ErrorKind::Closed | ErrorKind::Backpressure => 503,
+            ErrorKind::Timeout => 504,
+            ErrorKind::Storage
+            | ErrorKind::Corrupt
+            | ErrorKind::FormatVersion
+            | ErrorKind::Internal => 500,
+        }
+    }
+
+    /// The kind named `name` (as [`ErrorKind::as_str`] writes it), if there is one.
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+
     /// The stable snake_case name used on the wire and in JSON errors.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -228,14 +254,46 @@ impl From<&Error> for WireError {
 
 impl From<WireError> for Error {
     fn from(w: WireError) -> Self {
-        let kind = serde_json::from_value::<ErrorKind>(serde_json::Value::String(w.kind.clone()))
-            .unwrap_or(ErrorKind::Internal);
+        let kind = ErrorKind::parse(&w.kind).unwrap_or(ErrorKind::Internal);
         Error::new(kind, w.message)
     }
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_kind_has_one_name_and_one_status() {
+        use ErrorKind::*;
+        for kind in [
+            InvalidInput,
+            NotFound,
+            AlreadyExists,
+            Unauthenticated,
+            PermissionDenied,
+            ProtocolVersion,
+            Malformed,
+            TooLarge,
+            HashMismatch,
+            ClockDrift,
+            Unavailable,
+            Timeout,
+            Closed,
+            Backpressure,
+            Storage,
+            Corrupt,
+            FormatVersion,
+            Unsupported,
+            Internal,
+        ] {
+            assert_eq!(ErrorKind::parse(kind.as_str()), Some(kind));
+            assert!((400..600).contains(&kind.http_status()), "{kind}");
+        }
+        assert_eq!(ErrorKind::parse("nonsense"), None);
+        assert_eq!(HashMismatch.http_status(), 422);
+        assert_eq!(Unsupported.http_status(), 501);
+    }
+
     use super::*;
 
     #[test]

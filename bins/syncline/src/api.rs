@@ -77,25 +77,10 @@ impl From<Error> for ApiError {
     }
 }
 
-/// The HTTP status for an error kind.
+/// The HTTP status for an error kind ([`ErrorKind::http_status`], shared with the HTTP sync
+/// routes).
 pub fn status_for(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::InvalidInput | ErrorKind::Malformed | ErrorKind::ProtocolVersion => {
-            StatusCode::BAD_REQUEST
-        }
-        ErrorKind::HashMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
-        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
-        ErrorKind::Unavailable | ErrorKind::Closed | ErrorKind::Backpressure => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl IntoResponse for ApiError {

@@ -16,8 +16,9 @@
 //! | `POST /v1/sync/directory` | `Directory` |
 //!
 //! The body is one frame: binary (`application/octet-stream`) or JSON (`application/json`),
-//! answered in the same encoding. Errors come back as error frames with a fitting status
-//! (400, 401, 403, 404, 413, 500, 503, 504). Bodies over the limit get 413.
+//! answered in the same encoding. Errors come back as error frames with the status of their
+//! kind ([`ErrorKind::http_status`], the application API's table too). Bodies over the limit
+//! get 413.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -425,20 +426,11 @@ impl FrameSender for VirtualSender {
     }
 }
 
+/// The status of an error answer: the table the application API uses too.
 fn status_of(kind: &str) -> StatusCode {
-    match kind {
-        "invalid_input" | "malformed" | "protocol_version" | "hash_mismatch" => {
-            StatusCode::BAD_REQUEST
-        }
-        "unauthenticated" => StatusCode::UNAUTHORIZED,
-        "permission_denied" => StatusCode::FORBIDDEN,
-        "not_found" => StatusCode::NOT_FOUND,
-        "already_exists" => StatusCode::CONFLICT,
-        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "unavailable" | "closed" | "backpressure" => StatusCode::SERVICE_UNAVAILABLE,
-        "timeout" => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    ErrorKind::parse(kind)
+        .and_then(|k| StatusCode::from_u16(k.http_status()).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 fn frame_response(codec: Codec, status: StatusCode, frame: Vec<u8>) -> HttpResponse {
