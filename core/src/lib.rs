@@ -54,7 +54,8 @@ pub use sync::{
     SyncStatus,
 };
 pub use transport::{
-    AcceptFn, Acceptor, FrameReceiver, FrameSender, Link, LinkInfo, Transport, TransportRegistry,
+    AcceptFn, Acceptor, ChannelReceiver, FrameReceiver, FrameSender, Link, LinkInfo, Transport,
+    TransportRegistry,
 };
 pub use types::{
     Action, ActionId, ActionType, Branch, DocumentId, DocumentType, JobId, OpHash, OpId, Operation,

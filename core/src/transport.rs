@@ -46,6 +46,33 @@ pub trait FrameReceiver: Send + fmt::Debug {
     async fn recv(&mut self) -> Option<Result<Bytes>>;
 }
 
+/// A receiver fed by a bounded channel: the receiving half most transports give their links
+/// (a reader task pushes frames, or transport errors, into the channel's sender).
+pub struct ChannelReceiver {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes>>,
+    transport: &'static str,
+}
+
+impl ChannelReceiver {
+    /// A receiver reading `rx`, named after its transport in debug output.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Bytes>>, transport: &'static str) -> Self {
+        ChannelReceiver { rx, transport }
+    }
+}
+
+impl fmt::Debug for ChannelReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelReceiver({})", self.transport)
+    }
+}
+
+#[async_trait]
+impl FrameReceiver for ChannelReceiver {
+    async fn recv(&mut self) -> Option<Result<Bytes>> {
+        self.rx.recv().await
+    }
+}
+
 /// A connection that moves frames both ways.
 #[derive(Debug)]
 pub struct Link {

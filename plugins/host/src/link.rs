@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use syncline_core::protocol::Codec;
 use syncline_core::{
-    Acceptor, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
+    Acceptor, ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo, Result, Transport,
 };
 use syncline_plugin_api::{
     ERR_CLOSED, ERR_INVALID, ERR_PANIC, ERR_TIMEOUT, ERR_UNAVAILABLE, FrameLink, FrameListener,
@@ -137,21 +137,6 @@ impl FrameSender for Sender {
     }
 }
 
-struct Receiver(mpsc::Receiver<Result<Bytes>>);
-
-impl fmt::Debug for Receiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PluginReceiver")
-    }
-}
-
-#[async_trait]
-impl FrameReceiver for Receiver {
-    async fn recv(&mut self) -> Option<Result<Bytes>> {
-        self.0.recv().await
-    }
-}
-
 fn wrap(link: Box<dyn FrameLink>, scheme: &'static str, peer: String) -> Link {
     let shared = Arc::new(Shared {
         link,
@@ -190,7 +175,7 @@ fn wrap(link: Box<dyn FrameLink>, scheme: &'static str, peer: String) -> Link {
             scheme,
             peer: peer.clone(),
         }),
-        receiver: Box::new(Receiver(rx)),
+        receiver: Box::new(ChannelReceiver::new(rx, scheme)),
         info: LinkInfo {
             transport: scheme,
             peer,

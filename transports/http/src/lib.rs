@@ -41,7 +41,7 @@ use syncline_core::protocol::{
 };
 use syncline_core::telemetry;
 use syncline_core::{
-    Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport, WireError,
+    ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo, Result, Transport, WireError,
 };
 use tokio::sync::{mpsc, oneshot};
 use url::Url;
@@ -287,28 +287,11 @@ impl FrameSender for ClientSender {
     }
 }
 
-/// Frames waiting to be read by a session, on either side. The channel is bounded: on the
-/// client by the requests in flight (each gets one answer), on the server by
-/// [`INBOUND_FRAMES`] (a request beyond it is answered 503).
-struct ClientReceiver(mpsc::Receiver<Result<Bytes>>);
-
-/// Requests of one server session waiting for the reactor to read them.
+/// Requests of one server session waiting for the reactor to read them (a request beyond it
+/// is answered 503).
 const INBOUND_FRAMES: usize = 256;
 /// Answers of one client link waiting for its session to read them.
 const ANSWERS: usize = 1024;
-
-impl fmt::Debug for ClientReceiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("HttpReceiver")
-    }
-}
-
-#[async_trait]
-impl FrameReceiver for ClientReceiver {
-    async fn recv(&mut self) -> Option<Result<Bytes>> {
-        self.0.recv().await
-    }
-}
 
 #[async_trait]
 impl Transport for HttpTransport {
@@ -344,7 +327,7 @@ impl Transport for HttpTransport {
         });
         Ok(Link {
             sender: Arc::new(ClientSender(link)),
-            receiver: Box::new(ClientReceiver(rx)),
+            receiver: Box::new(ChannelReceiver::new(rx, "http")),
             info: LinkInfo {
                 transport: "http",
                 peer: base.to_string(),
@@ -540,7 +523,7 @@ async fn handle(
                 waiting: waiting.clone(),
                 closed: closed.clone(),
             }),
-            receiver: Box::new(ClientReceiver(from_http)),
+            receiver: Box::new(ChannelReceiver::new(from_http, "http")),
             info: LinkInfo {
                 transport: "http",
                 peer,

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use syncline_core::protocol::Codec;
 use syncline_core::{
-    Acceptor, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
+    Acceptor, ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo, Result, Transport,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -263,7 +263,7 @@ fn target_name(url: &Url) -> Result<String> {
 }
 
 struct MemSender {
-    tx: Mutex<Option<mpsc::Sender<Bytes>>>,
+    tx: Mutex<Option<mpsc::Sender<Result<Bytes>>>>,
     net: MemoryNetwork,
     from: String,
     to: String,
@@ -290,7 +290,7 @@ impl FrameSender for MemSender {
         let c = &self.net.0.counters;
         match self.net.fate(&self.from, &self.to) {
             Fate::Deliver => {
-                let _ = tx.send(frame).await;
+                let _ = tx.send(Ok(frame)).await;
             }
             Fate::Drop => {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
@@ -300,14 +300,14 @@ impl FrameSender for MemSender {
             }
             Fate::Duplicate => {
                 c.duplicated.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(frame.clone()).await;
-                let _ = tx.send(frame).await;
+                let _ = tx.send(Ok(frame.clone())).await;
+                let _ = tx.send(Ok(frame)).await;
             }
             Fate::Delay(d) => {
                 c.delayed.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     tokio::time::sleep(d).await;
-                    let _ = tx.send(frame).await;
+                    let _ = tx.send(Ok(frame)).await;
                 });
             }
         }
@@ -319,29 +319,12 @@ impl FrameSender for MemSender {
     }
 }
 
-struct MemReceiver {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl fmt::Debug for MemReceiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MemReceiver")
-    }
-}
-
-#[async_trait]
-impl FrameReceiver for MemReceiver {
-    async fn recv(&mut self) -> Option<Result<Bytes>> {
-        self.rx.recv().await.map(Ok)
-    }
-}
-
 fn link(
     net: &MemoryNetwork,
     from: &str,
     to: &str,
-    tx: mpsc::Sender<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Result<Bytes>>,
+    rx: mpsc::Receiver<Result<Bytes>>,
     codec: Codec,
     duplex: bool,
 ) -> Link {
@@ -352,7 +335,7 @@ fn link(
             from: from.to_owned(),
             to: to.to_owned(),
         }),
-        receiver: Box::new(MemReceiver { rx }),
+        receiver: Box::new(ChannelReceiver::new(rx, "mem")),
         info: LinkInfo {
             transport: "mem",
             peer: format!("mem://{to}"),

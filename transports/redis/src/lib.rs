@@ -30,7 +30,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use syncline_core::protocol::{Body, Codec, Envelope, Request};
 use syncline_core::{
-    Acceptor, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
+    Acceptor, ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo, Result, Transport,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -228,8 +228,6 @@ impl FrameSender for PubSender {
     }
 }
 
-struct ChanReceiver(mpsc::Receiver<Result<Bytes>>);
-
 /// Frames of one link waiting for its session; beyond it a frame is dropped (pub/sub is
 /// at most once: the sender's request times out and is retried) and counted as an
 /// `overflow` rejection.
@@ -249,19 +247,6 @@ fn hand_over(tx: &mpsc::Sender<Result<Bytes>>, frame: Bytes) -> bool {
             true
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
-    }
-}
-
-impl fmt::Debug for ChanReceiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RedisReceiver")
-    }
-}
-
-#[async_trait]
-impl FrameReceiver for ChanReceiver {
-    async fn recv(&mut self) -> Option<Result<Bytes>> {
-        self.0.recv().await
     }
 }
 
@@ -335,7 +320,7 @@ impl Transport for RedisTransport {
         });
         Ok(Link {
             sender,
-            receiver: Box::new(ChanReceiver(in_rx)),
+            receiver: Box::new(ChannelReceiver::new(in_rx, "redis")),
             info: LinkInfo {
                 transport: "redis",
                 peer: format!("{shown}?to={}", target.trim_start_matches("syncline:link:")),
@@ -450,7 +435,7 @@ async fn listen_loop(
                         let _ = tx.try_send(Ok(msg.frame));
                         let link = Link {
                             sender: sender.clone(),
-                            receiver: Box::new(ChanReceiver(rx)),
+                            receiver: Box::new(ChannelReceiver::new(rx, "redis")),
                             info: LinkInfo {
                                 transport: "redis",
                                 peer: msg.reply.clone(),

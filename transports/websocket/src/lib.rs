@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use syncline_core::protocol::Codec;
 use syncline_core::{
-    AcceptFn, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
+    AcceptFn, ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo, Result, Transport,
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
@@ -81,23 +81,6 @@ impl FrameSender for Sender {
 
     fn close(&self) {
         let _ = self.tx.try_send(Msg::Close(None));
-    }
-}
-
-struct Receiver {
-    rx: mpsc::Receiver<Result<Bytes>>,
-}
-
-impl fmt::Debug for Receiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WsReceiver")
-    }
-}
-
-#[async_trait]
-impl FrameReceiver for Receiver {
-    async fn recv(&mut self) -> Option<Result<Bytes>> {
-        self.rx.recv().await
     }
 }
 
@@ -196,7 +179,7 @@ where
             tx: out_tx,
             peer: peer.clone(),
         }),
-        receiver: Box::new(Receiver { rx: in_rx }),
+        receiver: Box::new(ChannelReceiver::new(in_rx, "ws")),
         info: LinkInfo {
             transport: "ws",
             peer,
