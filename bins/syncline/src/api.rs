@@ -114,9 +114,9 @@ pub fn points_at(url: &str, scheme: &str, addr: &std::net::SocketAddr) -> bool {
         "ws" | "http" => "http",
         other => other,
     };
-    kind == scheme
-        && addr.port() == port
-        && (local || addr.ip().is_unspecified() || addr.ip().to_string() == host)
+    // Another host on the same port is another node (nodes often share a port), even when
+    // we listen on every interface: only a local name or our own address is us.
+    kind == scheme && addr.port() == port && (local || addr.ip().to_string() == host)
 }
 
 /// `?scope=&branch=`, and which page of operations.
@@ -440,4 +440,26 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::points_at;
+
+    #[test]
+    fn only_our_own_listener_is_us() {
+        let any: std::net::SocketAddr = "0.0.0.0:8080".parse().expect("an address");
+        let one: std::net::SocketAddr = "10.0.0.5:8080".parse().expect("an address");
+        assert!(points_at("ws://127.0.0.1:8080", "http", &any));
+        assert!(points_at("http://localhost:8080", "http", &any));
+        assert!(points_at("ws://[::1]:8080", "http", &any));
+        assert!(points_at("ws://10.0.0.5:8080", "http", &one));
+        // Another node on the same port.
+        assert!(!points_at("ws://10.0.0.6:8080", "http", &any));
+        assert!(!points_at("ws://b.example:8080", "http", &any));
+        // Another port, another listener kind.
+        assert!(!points_at("ws://127.0.0.1:8081", "http", &any));
+        assert!(!points_at("quic://127.0.0.1:8080", "http", &any));
+        assert!(points_at("quic://127.0.0.1:8080", "quic", &any));
+    }
 }
