@@ -3,7 +3,8 @@
 //!
 //! - **Slow or idle clients**: a connection must send a request's headers within
 //!   `listen.header_timeout`, and an idle keep-alive connection is closed after it (hyper's
-//!   header read timeout starts whenever the connection waits for a request).
+//!   header read timeout starts whenever the connection waits for a request); a request body
+//!   that pauses for longer fails the request.
 //! - **Open connections**: at most `listen.max_connections` in all and
 //!   `listen.max_connections_per_address` from one IP address, WebSockets included for as long
 //!   as they stay open. A connection beyond a cap is answered `503` with a JSON error and closed
@@ -186,9 +187,17 @@ impl HttpServer {
                     _admitted: admitted,
                 });
                 let app = app.clone();
+                let stall = limits.header_timeout;
                 let service = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(ConnectInfo(addr));
+                        // A body must keep arriving: a pause longer than the header timeout
+                        // fails the request.
+                        let req = req.map(|body| {
+                            axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+                                stall, body,
+                            ))
+                        });
                         app.clone().oneshot(req)
                     },
                 );

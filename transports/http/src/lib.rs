@@ -449,6 +449,18 @@ fn codec_of(headers: &HeaderMap) -> Codec {
     }
 }
 
+/// Whether reading a body failed because it was over the limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 async fn handle(
     state: Arc<ServerState>,
     route: Option<String>,
@@ -460,6 +472,17 @@ async fn handle(
     let max = state.options.max_body_bytes;
     let bytes = match axum::body::to_bytes(body, max).await {
         Ok(b) => b,
+        Err(e) if !is_length_limit(&e) => {
+            // The body stalled (the server's body timeout) or the connection broke.
+            return error_response(
+                codec,
+                0,
+                &Error::new(
+                    ErrorKind::Timeout,
+                    "the request body stopped arriving before it was complete",
+                ),
+            );
+        }
         Err(_) => {
             telemetry::frame_rejected("too_large");
             return error_response(

@@ -536,6 +536,27 @@ fn idle_slow_and_silent_clients_are_cut_off_and_the_api_stays_reachable() {
     });
     drop((idle, half));
 
+    // A body that stops arriving fails its request after the header timeout.
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tcp_from("127.0.0.3", &addr).await.unwrap();
+        s.write_all(
+            b"POST /v1/documents/slow/actions HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"actions\"",
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let (closed, said) = closed_by_server(&mut s, Duration::from_secs(8)).await;
+        assert!(closed, "a stalled body kept its connection: {said}");
+        assert!(said.starts_with("HTTP/1.1 400"), "{said}");
+        assert!(said.contains("\"error\""), "{said}");
+        eprintln!(
+            "soak: a stalled body failed after {} ms",
+            started.elapsed().as_millis()
+        );
+    });
+
     // WebSockets and QUIC connections that never say hello are closed after hello_timeout.
     rt.block_on(async {
         let ws = syncline::transport_websocket::WsTransport::new(Default::default());
