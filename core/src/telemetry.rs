@@ -3,7 +3,7 @@
 //! Libraries only call the `metrics` macros; the binary installs the Prometheus exporter.
 //! Names follow `syncline_<name>_<unit>[_total]`; labels are bounded: directions, statuses and
 //! reasons are fixed sets, and remote names (which the API can add) pass through
-//! [`remote_label`], which gives the first [`set_max_remote_labels`] remotes their own label and
+//! [`remote_label`], which gives the first [`set_label_limits`] remotes their own label and
 //! the rest `other`. `docs/metrics.md` lists them.
 
 use std::collections::{BTreeMap, HashSet};
@@ -60,11 +60,12 @@ pub(crate) fn remote_removed(name: &str) {
 /// `syncline_listener_lag_ops` (per listening peer, the largest lag of its listeners; beyond
 /// the peer label limit the rest are one `other` series with their largest lag).
 pub fn render_status(exported: &str, status: &SyncStatus) -> String {
-    let live: HashSet<String> = status
+    let labelled: Vec<(String, &crate::sync::RemoteStatus)> = status
         .remotes
         .iter()
-        .map(|r| remote_label(&r.name))
+        .map(|r| (remote_label(&r.name), r))
         .collect();
+    let live: HashSet<&str> = labelled.iter().map(|(l, _)| l.as_str()).collect();
     let mut out = String::with_capacity(exported.len() + 1024);
     for line in exported.lines() {
         if !line.starts_with('#')
@@ -79,8 +80,7 @@ pub fn render_status(exported: &str, status: &SyncStatus) -> String {
     }
     let mut letters: BTreeMap<String, usize> = BTreeMap::new();
     let mut success: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &status.remotes {
-        let label = remote_label(&r.name);
+    for (label, r) in labelled {
         *letters.entry(label.clone()).or_default() += r.dead_letters;
         if let Some(ms) = r.last_success_ms {
             let e = success.entry(label).or_default();
