@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod channel;
 pub mod clock;
+pub mod engine;
 pub mod entropy;
 pub mod error;
 pub mod events;

@@ -211,6 +211,104 @@ impl<T: OperationStore + SyncStorage + ?Sized> Store for T {}
 /// Shared store handle.
 pub type DynStore = Arc<dyn Store>;
 
+/// The stored forms of an operation and a strand head, shared by every store that keeps
+/// bytes (the key-value engine and the Redis store): postcard of these structs.
+pub mod record {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::error::{Error, ErrorKind, Result};
+    use crate::types::{DocumentType, Operation, Ordinal, ReactorId, SortKey, StoredOp};
+
+    /// An operation and the peer it came from, borrowed for encoding.
+    #[derive(Serialize)]
+    struct RecordRef<'a> {
+        op: &'a Operation,
+        source: &'a Option<ReactorId>,
+    }
+
+    /// An operation and the peer it came from, as decoded.
+    #[derive(Deserialize)]
+    struct Record {
+        op: Operation,
+        source: Option<ReactorId>,
+    }
+
+    /// A strand's head as stored: document type, revision (number of operations), last sort
+    /// key and last ordinal.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StrandMeta {
+        /// The strand's document type (of its first operation).
+        pub document_type: DocumentType,
+        /// How many operations the strand has.
+        pub revision: u64,
+        /// The greatest sort key.
+        pub last: SortKey,
+        /// The ordinal of the strand's latest applied operation.
+        pub last_ordinal: Ordinal,
+    }
+
+    impl StrandMeta {
+        /// The head of a strand before its first operation.
+        pub fn empty(document_type: DocumentType, first: SortKey) -> Self {
+            StrandMeta {
+                document_type,
+                revision: 0,
+                last: first,
+                last_ordinal: Ordinal(0),
+            }
+        }
+
+        /// Counts one more operation with sort key `sort`, applied at `ordinal`.
+        pub fn record(&mut self, sort: SortKey, ordinal: Ordinal) {
+            self.revision += 1;
+            if self.revision == 1 || sort > self.last {
+                self.last = sort;
+            }
+            self.last_ordinal = ordinal;
+        }
+    }
+
+    /// Appends the record of `op` (received from `source`) to `buf`.
+    pub fn encode_op(op: &Operation, source: &Option<ReactorId>, buf: &mut Vec<u8>) -> Result<()> {
+        postcard::to_io(&RecordRef { op, source }, buf)
+            .map(|_| ())
+            .map_err(|e| Error::internal(format!("encoding an operation failed: {e}")))
+    }
+
+    /// Decodes the record of operation `ordinal`; `store` names the store in the error.
+    pub fn decode_op(store: &str, ordinal: u64, bytes: &[u8]) -> Result<StoredOp> {
+        let r: Record = postcard::from_bytes(bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("{store}: operation {ordinal} does not decode: {e}"),
+            )
+        })?;
+        Ok(StoredOp {
+            ordinal: Ordinal(ordinal),
+            op: Arc::new(r.op),
+            source: r.source,
+        })
+    }
+
+    /// Encodes a strand head.
+    pub fn encode_strand(meta: &StrandMeta) -> Result<Vec<u8>> {
+        postcard::to_stdvec(meta)
+            .map_err(|e| Error::internal(format!("encoding a strand failed: {e}")))
+    }
+
+    /// Decodes a strand head; `store` names the store in the error.
+    pub fn decode_strand(store: &str, bytes: &[u8]) -> Result<StrandMeta> {
+        postcard::from_bytes(bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("{store}: a strand record does not decode: {e}"),
+            )
+        })
+    }
+}
+
 /// Byte encodings of strand and sort keys shared by the stores, in which byte order is the
 /// canonical order.
 pub mod keys {

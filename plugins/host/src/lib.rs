@@ -30,7 +30,7 @@ use syncline_plugin_api::{
     StoreVTable, TransportVTable,
 };
 
-pub use kv::KvAdapter;
+pub use kv::{KvAdapter, PluginKv};
 pub use link::{BlockingTransport, LinkTransport, Native};
 pub use syncline_plugin_api::ABI_VERSION as PLUGIN_ABI_VERSION;
 
@@ -180,7 +180,7 @@ impl Plugin {
         let kv = tokio::task::spawn_blocking(move || FfiKv::open(&plugin, &opts))
             .await
             .map_err(|e| Error::internal(format!("opening a plugin store panicked: {e}")))??;
-        Ok(Arc::new(KvAdapter::new(Arc::new(kv), &self.name).await?))
+        Ok(Arc::new(kv::open(Arc::new(kv), &self.name).await?))
     }
 
     /// The transport it provides.

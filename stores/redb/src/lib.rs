@@ -1,67 +1,58 @@
 //! The syncline store on an embedded [redb](https://docs.rs/redb) file.
 //!
-//! One file holds everything; one `apply` is one redb write transaction (durable when it
-//! returns, `Durability::Immediate`), so operations and the cursors written with them commit
-//! together or not at all. The executor groups many jobs into each `apply` (group commit).
-//! All redb work runs on tokio's blocking pool, never on the async workers.
+//! The file is the core store engine's ordered key-value store ([`syncline_core::engine`],
+//! where the key layout is described): one redb table `kv` of byte keys and values. One
+//! `apply` is one redb write transaction (durable when it returns, `Durability::Immediate`), so
+//! operations and the cursors written with them commit together or not at all. The executor
+//! groups many jobs into each `apply` (group commit). All redb work runs on tokio's blocking
+//! pool, never on the async workers.
 //!
-//! ## Table layout (format version 1)
+//! ## Files of format version 1
 //!
-//! | table | key | value |
-//! |---|---|---|
-//! | `node` | `&str` | `format_version` → `u32` little endian |
-//! | `ops` | ordinal `u64` | postcard of `(Operation, Option<ReactorId>)` (the op and the peer it came from) |
-//! | `op_ids` | op id `[u8; 16]` | ordinal `u64` |
-//! | `strand_ops` | strand key ‖ sort key | ordinal `u64` |
-//! | `strands` | strand key | postcard of the strand's head (type, revision, last key, last ordinal) |
-//! | `meta` | `"<space>/<key>"` | the sync storage's value |
-//!
-//! The strand key is document id, scope and branch, each as a big-endian `u16` length and its
-//! bytes; the sort key is the HLC millis (`u64` BE), counter (`u32` BE) and the 16 op-id bytes,
-//! so byte order is the canonical order.
+//! Files written before the engine (format version 1: tables `node`, `ops`, `op_ids`,
+//! `strand_ops`, `strands`, `meta`) are migrated when opened, in one write transaction: each
+//! record is copied to its engine key unchanged (the record encodings are the same) and the old
+//! tables are dropped. A crash during the migration leaves the file as it was. A file migrated
+//! this way cannot be opened by a build from before the engine.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError,
-    TableDefinition, TableHandle,
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
+    TableHandle, WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
+use syncline_core::engine::{KvEngine, KvRead, KvWrite, LAYOUT_VERSION, OrderedKv, Visit};
 use syncline_core::filter::ReadFilter;
-use syncline_core::store::keys::{parse_strand_key, sort_key_bytes, strand_key, strand_key_of};
 use syncline_core::store::{
-    ApplyBatch, ApplyOutcome, MAX_SCAN_ROWS, MetaSpace, MetaWrite, OpOutcome, OperationStore,
-    ReadPage, SyncStorage,
+    ApplyBatch, ApplyOutcome, MetaSpace, MetaWrite, OperationStore, ReadPage, SyncStorage,
 };
-use syncline_core::{
-    DocumentType, Error, ErrorKind, OpId, Operation, Ordinal, ReactorId, Result, SortKey, StoredOp,
-    StrandHead, StrandId,
-};
+use syncline_core::{Error, ErrorKind, OpId, Operation, Ordinal, Result, SortKey, StoredOp};
+use syncline_core::{StrandHead, StrandId};
 
-/// The layout version written into every file; a file with another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub use syncline_core::engine::Blocking;
 
-const NODE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("node");
-const OPS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("ops");
-const OP_IDS: TableDefinition<'static, &[u8; 16], u64> = TableDefinition::new("op_ids");
-const STRAND_OPS: TableDefinition<'static, &[u8], u64> = TableDefinition::new("strand_ops");
-const STRANDS: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("strands");
-const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+/// The layout version of the engine's keys in the file; a file with another one is refused.
+pub const FORMAT_VERSION: u32 = LAYOUT_VERSION;
 
-const TABLES: [&str; 6] = ["node", "ops", "op_ids", "strand_ops", "strands", "meta"];
+const KV: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("kv");
 
-/// Where the store runs its blocking redb calls.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Blocking {
-    /// On tokio's blocking pool (the default for nodes).
-    #[default]
-    Pool,
-    /// On the calling task. Only for single-threaded deterministic simulations.
-    Inline,
+/// The tables of format version 1, read once to migrate.
+mod legacy {
+    use redb::TableDefinition;
+
+    pub(crate) const NODE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("node");
+    pub(crate) const OPS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("ops");
+    pub(crate) const OP_IDS: TableDefinition<'static, &[u8; 16], u64> =
+        TableDefinition::new("op_ids");
+    pub(crate) const STRAND_OPS: TableDefinition<'static, &[u8], u64> =
+        TableDefinition::new("strand_ops");
+    pub(crate) const STRANDS: TableDefinition<'static, &[u8], &[u8]> =
+        TableDefinition::new("strands");
+    pub(crate) const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+    pub(crate) const TABLES: [&str; 6] = ["node", "ops", "op_ids", "strand_ops", "strands", "meta"];
 }
 
 /// Options of a redb store.
@@ -82,68 +73,154 @@ impl Default for RedbOptions {
     }
 }
 
+/// The redb file as the engine's key-value store.
+pub struct RedbFile {
+    db: Database,
+    path: PathBuf,
+    name: String,
+    durable: bool,
+}
+
+impl std::fmt::Debug for RedbFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// A store in one redb file.
 #[derive(Clone)]
 pub struct RedbStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    db: Database,
-    path: PathBuf,
-    options: RedbOptions,
+    engine: KvEngine<RedbFile>,
 }
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.path())
             .finish()
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct StrandMeta {
-    document_type: DocumentType,
-    revision: u64,
-    last: SortKey,
-    last_ordinal: Ordinal,
-}
-
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    op: &'a Operation,
-    source: &'a Option<ReactorId>,
-}
-
-#[derive(Deserialize)]
-struct Record {
-    op: Operation,
-    source: Option<ReactorId>,
-}
-
-fn storage(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::Storage,
-        format!("redb store {}: {what}: {e}", path.display()),
-    )
-}
-
-fn map_storage(path: &Path, what: &str, e: StorageError) -> Error {
-    match e {
-        StorageError::Corrupted(msg) => Error::new(
-            ErrorKind::Corrupt,
+/// redb's errors, mapped into the core error in this one place.
+fn map_err(path: &Path, what: &str, e: impl Into<redb::Error>) -> Error {
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen => Error::new(
+            ErrorKind::Unavailable,
             format!(
-                "redb store {}: {what}: the file is corrupt: {msg}",
+                "redb store {}: the file is already open (by this or another process)",
                 path.display()
             ),
         ),
-        other => storage(path, what, other),
+        redb::Error::UpgradeRequired(v) => Error::new(
+            ErrorKind::FormatVersion,
+            format!(
+                "redb store {}: the file uses redb file format {v}, which this build cannot open",
+                path.display()
+            ),
+        ),
+        redb::Error::Corrupted(msg) => Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "redb store {}: {what}: the file is damaged or not a redb database: {msg}",
+                path.display()
+            ),
+        ),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "redb store {}: {what}: the file is damaged or not a redb database: {io}",
+                path.display()
+            ),
+        ),
+        other => Error::new(
+            ErrorKind::Storage,
+            format!("redb store {}: {what}: {other}", path.display()),
+        ),
     }
 }
 
-fn meta_key(space: MetaSpace, key: &str) -> String {
-    format!("{}/{key}", space.as_str())
+/// A read transaction on the `kv` table.
+pub struct RedbRead<'a> {
+    table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    file: &'a RedbFile,
+}
+
+impl std::fmt::Debug for RedbRead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedbRead({})", self.file.name)
+    }
+}
+
+impl KvRead for RedbRead<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.table
+            .get(key)
+            .map(|v| v.map(|v| v.value().to_vec()))
+            .map_err(|e| map_err(&self.file.path, "reading", e))
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], visit: &mut Visit<'_>) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let path = &self.file.path;
+        let range = self
+            .table
+            .range(start..end)
+            .map_err(|e| map_err(path, "reading a range", e))?;
+        for entry in range {
+            let (k, v) = entry.map_err(|e| map_err(path, "reading a range", e))?;
+            if !visit(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OrderedKv for RedbFile {
+    type Read<'a> = RedbRead<'a>;
+
+    fn read(&self) -> Result<RedbRead<'_>> {
+        let table = self
+            .db
+            .begin_read()
+            .map_err(redb::Error::from)
+            .and_then(|txn| txn.open_table(KV).map_err(redb::Error::from))
+            .map_err(|e| map_err(&self.path, "starting a read", e))?;
+        Ok(RedbRead { table, file: self })
+    }
+
+    fn write(&self, batch: Vec<KvWrite>) -> Result<()> {
+        let commit = || -> std::result::Result<(), redb::Error> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(if self.durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            {
+                let mut table = txn.open_table(KV)?;
+                for w in &batch {
+                    match w {
+                        KvWrite::Put(k, v) => {
+                            table.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        KvWrite::Delete(k) => {
+                            table.remove(k.as_slice())?;
+                        }
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        commit().map_err(|e| map_err(&self.path, "committing", e))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl RedbStore {
@@ -152,23 +229,32 @@ impl RedbStore {
         RedbStore::open_with(path, RedbOptions::default()).await
     }
 
-    /// Opens (creating if needed) the store in `path`.
+    /// Opens (creating if needed) the store in `path`, migrating a file of format version 1.
     ///
     /// A file that is not a redb database, a redb database of something else, or a syncline
     /// file of another format version is refused with an error naming the file and the reason.
     pub async fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let p = path.clone();
-        let open = move || RedbStore::open_blocking(p, options);
-        match options.blocking {
-            Blocking::Inline => open(),
+        let open = move || RedbFile::open(path, options.durable);
+        let file = match options.blocking {
+            Blocking::Inline => open()?,
             Blocking::Pool => tokio::task::spawn_blocking(open)
                 .await
-                .map_err(|e| Error::internal(format!("opening the redb store panicked: {e}")))?,
-        }
+                .map_err(|e| Error::internal(format!("opening the redb store panicked: {e}")))??,
+        };
+        Ok(RedbStore {
+            engine: KvEngine::open(file, options.blocking).await?,
+        })
     }
 
-    fn open_blocking(path: PathBuf, options: RedbOptions) -> Result<Self> {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.engine.kv().path
+    }
+}
+
+impl RedbFile {
+    fn open(path: PathBuf, durable: bool) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 Error::new(
@@ -177,66 +263,33 @@ impl RedbStore {
                 )
             })?;
         }
-        let db = Database::create(&path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "redb store {}: the file is already open (by this or another process)",
-                    path.display()
-                ),
-            ),
-            DatabaseError::UpgradeRequired(v) => Error::new(
-                ErrorKind::FormatVersion,
-                format!(
-                    "redb store {}: the file uses redb file format {v}, which this build cannot open",
-                    path.display()
-                ),
-            ),
-            DatabaseError::Storage(StorageError::Io(io))
-                if io.kind() == std::io::ErrorKind::InvalidData =>
-            {
-                Error::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "{} is not a redb database (or is damaged): {io}",
-                        path.display()
-                    ),
-                )
-            }
-            DatabaseError::Storage(s) => match s {
-                StorageError::Corrupted(msg) => Error::new(
-                    ErrorKind::Corrupt,
-                    format!("{} is not a redb database (or is damaged): {msg}", path.display()),
-                ),
-                other => storage(&path, "opening", other),
-            },
-            other => Error::new(
-                ErrorKind::Corrupt,
-                format!("{} cannot be opened as a redb database: {other}", path.display()),
-            ),
-        })?;
-        let store = RedbStore {
-            inner: Arc::new(Inner { db, path, options }),
+        let db = Database::create(&path).map_err(|e| map_err(&path, "opening", e))?;
+        let file = RedbFile {
+            db,
+            name: format!("redb store {}", path.display()),
+            path,
+            durable,
         };
-        store.check_format()?;
-        Ok(store)
+        file.prepare()?;
+        Ok(file)
     }
 
-    fn check_format(&self) -> Result<()> {
-        let path = &self.inner.path;
+    /// Refuses foreign files, migrates format version 1, and creates the `kv` table.
+    fn prepare(&self) -> Result<()> {
+        let path = &self.path;
         let txn = self
-            .inner
             .db
             .begin_write()
-            .map_err(|e| storage(path, "starting a transaction", e))?;
+            .map_err(|e| map_err(path, "starting a transaction", e))?;
         let existing: Vec<String> = txn
             .list_tables()
-            .map_err(|e| map_storage(path, "listing tables", e))?
+            .map_err(|e| map_err(path, "listing tables", e))?
             .map(|t| t.name().to_owned())
             .collect();
-        let foreign: Vec<&String> = existing
+        let foreign: Vec<&str> = existing
             .iter()
-            .filter(|t| !TABLES.contains(&t.as_str()))
+            .map(String::as_str)
+            .filter(|t| *t != "kv" && !legacy::TABLES.contains(t))
             .collect();
         if !foreign.is_empty() {
             return Err(Error::new(
@@ -244,265 +297,118 @@ impl RedbStore {
                 format!(
                     "{} is a redb database but not a syncline store: it has the tables {}",
                     path.display(),
-                    foreign
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    foreign.join(", ")
                 ),
             ));
         }
-        {
-            let mut node = txn
-                .open_table(NODE)
-                .map_err(|e| storage(path, "opening the node table", e))?;
-            let found = node
-                .get("format_version")
-                .map_err(|e| map_storage(path, "reading the format version", e))?
-                .map(|v| v.value().to_vec());
-            match found {
-                Some(v) => {
-                    let arr: [u8; 4] = v.as_slice().try_into().map_err(|_| {
-                        Error::new(
-                            ErrorKind::Corrupt,
-                            format!(
-                                "redb store {}: the format version record has {} bytes",
-                                path.display(),
-                                v.len()
-                            ),
-                        )
-                    })?;
-                    let version = u32::from_le_bytes(arr);
-                    if version != FORMAT_VERSION {
-                        return Err(Error::new(
-                            ErrorKind::FormatVersion,
-                            format!(
-                                "redb store {} has format version {version}; this build reads \
-                                 version {FORMAT_VERSION}",
-                                path.display()
-                            ),
-                        ));
-                    }
-                }
-                None => {
-                    if existing.iter().any(|t| t == "ops") {
-                        return Err(Error::new(
-                            ErrorKind::Corrupt,
-                            format!(
-                                "redb store {} has operations but no format version",
-                                path.display()
-                            ),
-                        ));
-                    }
-                    node.insert("format_version", FORMAT_VERSION.to_le_bytes().as_slice())
-                        .map_err(|e| map_storage(path, "writing the format version", e))?;
-                }
-            }
-            // Create every table so read transactions can open them.
-            txn.open_table(OPS)
-                .map_err(|e| storage(path, "creating tables", e))?;
-            txn.open_table(OP_IDS)
-                .map_err(|e| storage(path, "creating tables", e))?;
-            txn.open_table(STRAND_OPS)
-                .map_err(|e| storage(path, "creating tables", e))?;
-            txn.open_table(STRANDS)
-                .map_err(|e| storage(path, "creating tables", e))?;
-            txn.open_table(META)
-                .map_err(|e| storage(path, "creating tables", e))?;
+        if existing.iter().any(|t| t == "node") {
+            self.migrate_v1(&txn)?;
         }
-        txn.commit().map_err(|e| storage(path, "committing", e))
+        txn.open_table(KV)
+            .map_err(|e| map_err(path, "creating the kv table", e))?;
+        txn.commit().map_err(|e| map_err(path, "committing", e))
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let inner = self.inner.clone();
-        match self.inner.options.blocking {
-            Blocking::Inline => f(&inner),
-            Blocking::Pool => tokio::task::spawn_blocking(move || f(&inner))
-                .await
-                .map_err(|e| Error::internal(format!("a redb task panicked: {e}")))?,
-        }
-    }
-}
-
-fn decode_record(path: &Path, ordinal: u64, bytes: &[u8]) -> Result<StoredOp> {
-    let r: Record = postcard::from_bytes(bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "redb store {}: operation {ordinal} does not decode: {e}",
-                path.display()
-            ),
-        )
-    })?;
-    Ok(StoredOp {
-        ordinal: Ordinal(ordinal),
-        op: Arc::new(r.op),
-        source: r.source,
-    })
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    postcard::to_stdvec(v).map_err(|e| Error::internal(format!("encoding a record failed: {e}")))
-}
-
-fn decode_meta(path: &Path, bytes: &[u8]) -> Result<StrandMeta> {
-    postcard::from_bytes(bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "redb store {}: a strand record does not decode: {e}",
-                path.display()
-            ),
-        )
-    })
-}
-
-impl Inner {
-    fn apply(&self, batch: ApplyBatch) -> Result<ApplyOutcome> {
+    fn migrate_v1(&self, txn: &WriteTransaction) -> Result<()> {
         let path = &self.path;
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| storage(path, "starting a transaction", e))?;
-        let durability = if self.options.durable {
-            Durability::Immediate
-        } else {
-            Durability::None
+        let version = {
+            let node = txn
+                .open_table(legacy::NODE)
+                .map_err(|e| map_err(path, "opening the node table", e))?;
+            node.get("format_version")
+                .map_err(|e| map_err(path, "reading the format version", e))?
+                .map(|v| v.value().to_vec())
         };
-        txn.set_durability(durability)
-            .map_err(|e| storage(path, "setting durability", e))?;
-        let mut outcomes = Vec::with_capacity(batch.ops.len());
-        let head;
-        {
-            let mut ops = txn
-                .open_table(OPS)
-                .map_err(|e| storage(path, "opening ops", e))?;
-            let mut ids = txn
-                .open_table(OP_IDS)
-                .map_err(|e| storage(path, "opening op_ids", e))?;
-            let mut strand_ops = txn
-                .open_table(STRAND_OPS)
-                .map_err(|e| storage(path, "opening strand_ops", e))?;
-            let mut strands = txn
-                .open_table(STRANDS)
-                .map_err(|e| storage(path, "opening strands", e))?;
-            let mut next = ops
-                .last()
-                .map_err(|e| map_storage(path, "reading the head", e))?
-                .map(|(k, _)| k.value())
-                .unwrap_or(0);
-            let mut touched: HashMap<Vec<u8>, StrandMeta> = HashMap::new();
-            let mut buf = Vec::with_capacity(512);
-            for incoming in &batch.ops {
-                let op = &incoming.op;
-                if let Some(existing) = ids
-                    .get(op.id.as_bytes())
-                    .map_err(|e| map_storage(path, "looking up an id", e))?
-                {
-                    outcomes.push(OpOutcome::Duplicate(Ordinal(existing.value())));
-                    continue;
-                }
-                next += 1;
-                buf.clear();
-                let bytes = postcard::to_io(
-                    &RecordRef {
-                        op,
-                        source: &incoming.source,
-                    },
-                    &mut buf,
-                )
-                .map_err(|e| Error::internal(format!("encoding an operation failed: {e}")))?;
-                ops.insert(next, bytes.as_slice())
-                    .map_err(|e| map_storage(path, "writing an operation", e))?;
-                ids.insert(op.id.as_bytes(), next)
-                    .map_err(|e| map_storage(path, "writing an id", e))?;
-                let skey = strand_key(
-                    op.document_id.as_str(),
-                    op.scope.as_str(),
-                    op.branch.as_str(),
-                );
-                let sort = op.sort_key();
-                let mut full = skey.clone();
-                full.extend_from_slice(&sort_key_bytes(&sort));
-                strand_ops
-                    .insert(full.as_slice(), next)
-                    .map_err(|e| map_storage(path, "indexing an operation", e))?;
-                let meta = match touched.get_mut(&skey) {
-                    Some(m) => m,
-                    None => {
-                        let loaded = strands
-                            .get(skey.as_slice())
-                            .map_err(|e| map_storage(path, "reading a strand", e))?
-                            .map(|v| decode_meta(path, v.value()))
-                            .transpose()?;
-                        touched.entry(skey).or_insert(loaded.unwrap_or(StrandMeta {
-                            document_type: op.document_type.clone(),
-                            revision: 0,
-                            last: sort,
-                            last_ordinal: Ordinal(next),
-                        }))
-                    }
-                };
-                meta.revision += 1;
-                if sort > meta.last || meta.revision == 1 {
-                    meta.last = sort;
-                }
-                meta.last_ordinal = Ordinal(next);
-                outcomes.push(OpOutcome::New(Ordinal(next)));
+        match version.as_deref().map(<[u8; 4]>::try_from) {
+            Some(Ok(v)) if u32::from_le_bytes(v) == 1 => {}
+            Some(Ok(v)) => {
+                return Err(Error::new(
+                    ErrorKind::FormatVersion,
+                    format!(
+                        "redb store {} has format version {}; this build reads version \
+                         {FORMAT_VERSION} (and migrates version 1)",
+                        path.display(),
+                        u32::from_le_bytes(v)
+                    ),
+                ));
             }
-            for (k, m) in &touched {
-                strands
-                    .insert(k.as_slice(), encode(m)?.as_slice())
-                    .map_err(|e| map_storage(path, "writing a strand", e))?;
-            }
-            head = next;
-            if !batch.meta.is_empty() {
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(|e| storage(path, "opening meta", e))?;
-                for w in &batch.meta {
-                    write_meta(&mut meta, path, w)?;
-                }
+            Some(Err(_)) | None => {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "redb store {} has the tables of format version 1 but no readable \
+                         format version",
+                        path.display()
+                    ),
+                ));
             }
         }
-        txn.commit().map_err(|e| storage(path, "committing", e))?;
-        Ok(ApplyOutcome {
-            outcomes,
-            head: Ordinal(head),
-        })
+        let copied = copy_v1(txn).map_err(|e| map_err(path, "migrating format version 1", e))?;
+        tracing::info!(
+            store = %path.display(),
+            operations = copied,
+            "migrated a redb store from format version 1"
+        );
+        Ok(())
     }
 }
 
-fn write_meta(
-    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
-    path: &Path,
-    w: &MetaWrite,
-) -> Result<()> {
-    let key = meta_key(w.space, &w.key);
-    match &w.value {
-        Some(v) => table
-            .insert(key.as_str(), v.as_ref())
-            .map(|_| ())
-            .map_err(|e| map_storage(path, "writing sync storage", e)),
-        None => table
-            .remove(key.as_str())
-            .map(|_| ())
-            .map_err(|e| map_storage(path, "deleting from sync storage", e)),
+/// Copies every record of the format-1 tables to its engine key and drops the tables; returns
+/// how many operations were copied.
+fn copy_v1(txn: &WriteTransaction) -> std::result::Result<u64, redb::Error> {
+    let mut kv = txn.open_table(KV)?;
+    let mut put = |prefix: &[u8], key: &[u8], value: &[u8]| {
+        let mut k = Vec::with_capacity(prefix.len() + key.len());
+        k.extend_from_slice(prefix);
+        k.extend_from_slice(key);
+        kv.insert(k.as_slice(), value).map(|_| ())
+    };
+    let mut head = 0u64;
+    let mut copied = 0u64;
+    for entry in txn.open_table(legacy::OPS)?.range::<u64>(..)? {
+        let (k, v) = entry?;
+        head = head.max(k.value());
+        put(b"o/", &k.value().to_be_bytes(), v.value())?;
+        copied += 1;
+        if copied.is_multiple_of(100_000) {
+            tracing::info!(
+                operations = copied,
+                "migrating a redb store from format version 1"
+            );
+        }
     }
+    for entry in txn.open_table(legacy::OP_IDS)?.range::<&[u8; 16]>(..)? {
+        let (k, v) = entry?;
+        put(b"i/", k.value(), &v.value().to_be_bytes())?;
+    }
+    for entry in txn.open_table(legacy::STRAND_OPS)?.range::<&[u8]>(..)? {
+        let (k, v) = entry?;
+        put(b"s/", k.value(), &v.value().to_be_bytes())?;
+    }
+    for entry in txn.open_table(legacy::STRANDS)?.range::<&[u8]>(..)? {
+        let (k, v) = entry?;
+        put(b"t/", k.value(), v.value())?;
+    }
+    for entry in txn.open_table(legacy::META)?.range::<&str>(..)? {
+        let (k, v) = entry?;
+        put(b"m/", k.value().as_bytes(), v.value())?;
+    }
+    put(b"n/", b"format", &LAYOUT_VERSION.to_le_bytes())?;
+    put(b"n/", b"head", &head.to_be_bytes())?;
+    drop(kv);
+    txn.delete_table(legacy::NODE)?;
+    txn.delete_table(legacy::OPS)?;
+    txn.delete_table(legacy::OP_IDS)?;
+    txn.delete_table(legacy::STRAND_OPS)?;
+    txn.delete_table(legacy::STRANDS)?;
+    txn.delete_table(legacy::META)?;
+    Ok(copied)
 }
 
 #[async_trait]
 impl OperationStore for RedbStore {
     async fn apply(&self, batch: ApplyBatch) -> Result<ApplyOutcome> {
-        self.run(move |inner| inner.apply(batch)).await
+        self.engine.apply(batch).await
     }
 
     async fn read_since(
@@ -511,43 +417,7 @@ impl OperationStore for RedbStore {
         limit: usize,
         filter: &ReadFilter,
     ) -> Result<ReadPage> {
-        let filter = filter.clone();
-        self.run(move |inner| {
-            let path = &inner.path;
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| storage(path, "starting a read", e))?;
-            let ops = txn
-                .open_table(OPS)
-                .map_err(|e| storage(path, "opening ops", e))?;
-            let head = ops
-                .last()
-                .map_err(|e| map_storage(path, "reading the head", e))?
-                .map(|(k, _)| k.value())
-                .unwrap_or(0);
-            let mut page = ReadPage {
-                ops: Vec::with_capacity(limit.min(4096)),
-                scanned_to: after,
-                head: Ordinal(head),
-            };
-            let range = ops
-                .range(after.0 + 1..)
-                .map_err(|e| map_storage(path, "reading the feed", e))?;
-            for entry in range.take(MAX_SCAN_ROWS) {
-                if page.ops.len() >= limit {
-                    break;
-                }
-                let (k, v) = entry.map_err(|e| map_storage(path, "reading the feed", e))?;
-                let stored = decode_record(path, k.value(), v.value())?;
-                page.scanned_to = stored.ordinal;
-                if filter.matches(&stored) {
-                    page.ops.push(stored);
-                }
-            }
-            Ok(page)
-        })
-        .await
+        self.engine.read_since(after, limit, filter).await
     }
 
     async fn read_strand(
@@ -556,213 +426,34 @@ impl OperationStore for RedbStore {
         after: Option<SortKey>,
         limit: usize,
     ) -> Result<Vec<Arc<Operation>>> {
-        let prefix = strand_key_of(strand);
-        self.run(move |inner| {
-            let path = &inner.path;
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| storage(path, "starting a read", e))?;
-            let index = txn
-                .open_table(STRAND_OPS)
-                .map_err(|e| storage(path, "opening strand_ops", e))?;
-            let ops = txn.open_table(OPS).map_err(|e| storage(path, "opening ops", e))?;
-            let mut start = prefix.clone();
-            if let Some(k) = after {
-                start.extend_from_slice(&sort_key_bytes(&k));
-                // The smallest key after `k`: every key of this strand has the same length.
-                start.push(0);
-            }
-            let mut end = prefix;
-            end.extend_from_slice(&[0xff; 29]);
-            let mut out = Vec::new();
-            let range = index
-                .range(start.as_slice()..end.as_slice())
-                .map_err(|e| map_storage(path, "reading a strand", e))?;
-            for entry in range.take(limit) {
-                let (_, ord) = entry.map_err(|e| map_storage(path, "reading a strand", e))?;
-                let ord = ord.value();
-                let v = ops
-                    .get(ord)
-                    .map_err(|e| map_storage(path, "reading an operation", e))?
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::Corrupt,
-                            format!(
-                                "redb store {}: the strand index names operation {ord}, which is missing",
-                                path.display()
-                            ),
-                        )
-                    })?;
-                out.push(decode_record(path, ord, v.value())?.op);
-            }
-            Ok(out)
-        })
-        .await
+        self.engine.read_strand(strand, after, limit).await
     }
 
     async fn heads(&self) -> Result<Vec<StrandHead>> {
-        self.run(|inner| {
-            let path = &inner.path;
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| storage(path, "starting a read", e))?;
-            let strands = txn
-                .open_table(STRANDS)
-                .map_err(|e| storage(path, "opening strands", e))?;
-            let mut out = Vec::new();
-            for entry in strands
-                .range::<&[u8]>(..)
-                .map_err(|e| map_storage(path, "reading strands", e))?
-            {
-                let (k, v) = entry.map_err(|e| map_storage(path, "reading strands", e))?;
-                let strand = parse_strand_key(k.value()).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Corrupt,
-                        format!("redb store {}: a strand key does not parse", path.display()),
-                    )
-                })?;
-                let m = decode_meta(path, v.value())?;
-                out.push(StrandHead {
-                    strand,
-                    document_type: m.document_type,
-                    revision: m.revision,
-                    last: m.last,
-                    last_ordinal: m.last_ordinal,
-                });
-            }
-            out.sort_by(|a, b| a.strand.cmp(&b.strand));
-            Ok(out)
-        })
-        .await
+        self.engine.heads().await
     }
 
     async fn head(&self) -> Result<Ordinal> {
-        self.run(|inner| {
-            let path = &inner.path;
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| storage(path, "starting a read", e))?;
-            let ops = txn
-                .open_table(OPS)
-                .map_err(|e| storage(path, "opening ops", e))?;
-            Ok(Ordinal(
-                ops.last()
-                    .map_err(|e| map_storage(path, "reading the head", e))?
-                    .map(|(k, _)| k.value())
-                    .unwrap_or(0),
-            ))
-        })
-        .await
+        self.engine.head().await
     }
 
     async fn get(&self, id: &OpId) -> Result<Option<StoredOp>> {
-        let id = *id;
-        self.run(move |inner| {
-            let path = &inner.path;
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| storage(path, "starting a read", e))?;
-            let ids = txn
-                .open_table(OP_IDS)
-                .map_err(|e| storage(path, "opening op_ids", e))?;
-            let Some(ord) = ids
-                .get(id.as_bytes())
-                .map_err(|e| map_storage(path, "looking up an id", e))?
-            else {
-                return Ok(None);
-            };
-            let ord = ord.value();
-            let ops = txn
-                .open_table(OPS)
-                .map_err(|e| storage(path, "opening ops", e))?;
-            let v = ops
-                .get(ord)
-                .map_err(|e| map_storage(path, "reading an operation", e))?;
-            v.map(|v| decode_record(path, ord, v.value())).transpose()
-        })
-        .await
+        self.engine.get(id).await
     }
 }
 
 #[async_trait]
 impl SyncStorage for RedbStore {
     async fn get_meta(&self, space: MetaSpace, key: &str) -> Result<Option<Bytes>> {
-        let key = meta_key(space, key);
-        self.run(move |inner| {
-            let path = &inner.path;
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| storage(path, "starting a read", e))?;
-            let meta = txn
-                .open_table(META)
-                .map_err(|e| storage(path, "opening meta", e))?;
-            Ok(meta
-                .get(key.as_str())
-                .map_err(|e| map_storage(path, "reading sync storage", e))?
-                .map(|v| Bytes::copy_from_slice(v.value())))
-        })
-        .await
+        self.engine.get_meta(space, key).await
     }
 
     async fn write_meta(&self, writes: Vec<MetaWrite>) -> Result<()> {
-        self.run(move |inner| {
-            let path = &inner.path;
-            let mut txn = inner
-                .db
-                .begin_write()
-                .map_err(|e| storage(path, "starting a transaction", e))?;
-            let durability = if inner.options.durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            };
-            txn.set_durability(durability)
-                .map_err(|e| storage(path, "setting durability", e))?;
-            {
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(|e| storage(path, "opening meta", e))?;
-                for w in &writes {
-                    write_meta(&mut meta, path, w)?;
-                }
-            }
-            txn.commit().map_err(|e| storage(path, "committing", e))
-        })
-        .await
+        self.engine.write_meta(writes).await
     }
 
     async fn list_meta(&self, space: MetaSpace) -> Result<Vec<(String, Bytes)>> {
-        self.run(move |inner| {
-            let path = &inner.path;
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| storage(path, "starting a read", e))?;
-            let meta = txn
-                .open_table(META)
-                .map_err(|e| storage(path, "opening meta", e))?;
-            let start = format!("{}/", space.as_str());
-            // '/' + 1 == '0': the first key after every "<space>/..." key.
-            let end = format!("{}0", space.as_str());
-            let mut out = Vec::new();
-            for entry in meta
-                .range(start.as_str()..end.as_str())
-                .map_err(|e| map_storage(path, "listing sync storage", e))?
-            {
-                let (k, v) = entry.map_err(|e| map_storage(path, "listing sync storage", e))?;
-                out.push((
-                    k.value()[start.len()..].to_owned(),
-                    Bytes::copy_from_slice(v.value()),
-                ));
-            }
-            Ok(out)
-        })
-        .await
+        self.engine.list_meta(space).await
     }
 }
 
@@ -803,8 +494,8 @@ mod tests {
             let db = Database::create(&future).unwrap();
             let txn = db.begin_write().unwrap();
             {
-                let mut t = txn.open_table(NODE).unwrap();
-                t.insert("format_version", 99u32.to_le_bytes().as_slice())
+                let mut t = txn.open_table(KV).unwrap();
+                t.insert(b"n/format".as_slice(), 99u32.to_le_bytes().as_slice())
                     .unwrap();
             }
             txn.commit().unwrap();

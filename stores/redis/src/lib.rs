@@ -28,15 +28,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
-use serde::{Deserialize, Serialize};
 use syncline_core::filter::ReadFilter;
 use syncline_core::store::keys::{parse_sort_key, parse_strand_key, sort_key_bytes, strand_key};
+use syncline_core::store::record;
 use syncline_core::store::{
     ApplyBatch, ApplyOutcome, MAX_SCAN_ROWS, MetaSpace, MetaWrite, OpOutcome, OperationStore,
     ReadPage, SyncStorage,
 };
 use syncline_core::{
-    DocumentType, Error, ErrorKind, OpId, Operation, Ordinal, ReactorId, Result, SortKey, StoredOp,
+    DocumentType, Error, ErrorKind, OpId, Operation, Ordinal, Result, SortKey, StoredOp,
     StrandHead, StrandId,
 };
 
@@ -210,6 +210,8 @@ pub struct RedisStore {
 struct Inner {
     conn: ConnectionManager,
     prefix: String,
+    /// How errors name the store.
+    name: String,
     url: String,
     apply: Script,
     read_since: Script,
@@ -225,18 +227,6 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.inner.prefix)
             .finish()
     }
-}
-
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    op: &'a Operation,
-    source: &'a Option<ReactorId>,
-}
-
-#[derive(Deserialize)]
-struct Record {
-    op: Operation,
-    source: Option<ReactorId>,
 }
 
 fn redacted(url: &str) -> String {
@@ -302,6 +292,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 prefix: format!("syncline:{{{dataset}}}"),
+                name: format!("redis store syncline:{{{dataset}}}"),
                 url: url.to_owned(),
                 apply: Script::new(APPLY),
                 read_since: Script::new(READ_SINCE),
@@ -370,20 +361,7 @@ impl RedisStore {
     }
 
     fn decode(&self, ordinal: u64, bytes: &[u8]) -> Result<StoredOp> {
-        let r: Record = postcard::from_bytes(bytes).map_err(|e| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "redis store {}: operation {ordinal} does not decode: {e}",
-                    self.inner.prefix
-                ),
-            )
-        })?;
-        Ok(StoredOp {
-            ordinal: Ordinal(ordinal),
-            op: Arc::new(r.op),
-            source: r.source,
-        })
+        record::decode_op(&self.inner.name, ordinal, bytes)
     }
 }
 
@@ -422,14 +400,11 @@ impl OperationStore for RedisStore {
             inv.arg(skey.as_slice()).arg(*dtype).arg(ops.len());
             for incoming in *ops {
                 let op = &incoming.op;
-                let record = postcard::to_stdvec(&RecordRef {
-                    op,
-                    source: &incoming.source,
-                })
-                .map_err(|e| Error::internal(format!("encoding an operation failed: {e}")))?;
+                let mut rec = Vec::with_capacity(512);
+                record::encode_op(op, &incoming.source, &mut rec)?;
                 inv.arg(op.id.as_bytes().as_slice())
                     .arg(sort_key_bytes(&op.sort_key()).as_slice())
-                    .arg(record);
+                    .arg(rec);
             }
         }
         inv.arg(batch.meta.len());

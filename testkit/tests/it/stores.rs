@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use syncline_core::engine::{Blocking, KvEngine, MemoryKv};
 use syncline_core::{DynStore, ErrorKind, MemoryStore, Result};
 use syncline_store_redb::RedbStore;
 use syncline_store_redis::RedisStore;
@@ -26,6 +27,30 @@ impl StoreHarness for Memory {
     }
     async fn reopen(&self, store: DynStore) -> Result<DynStore> {
         Ok(store)
+    }
+}
+
+/// The core engine over its reference key-value store: the contract redb and store plugins
+/// implement, checked on its own.
+#[derive(Default)]
+struct Engine {
+    last: parking_lot::Mutex<Option<Arc<MemoryKv>>>,
+}
+
+#[syncline_core::async_trait]
+impl StoreHarness for Engine {
+    fn name(&self) -> String {
+        "engine".into()
+    }
+    async fn fresh(&self) -> Result<DynStore> {
+        let kv = Arc::new(MemoryKv::default());
+        *self.last.lock() = Some(kv.clone());
+        Ok(Arc::new(KvEngine::open(kv, Blocking::Pool).await?))
+    }
+    async fn reopen(&self, store: DynStore) -> Result<DynStore> {
+        drop(store);
+        let kv = self.last.lock().clone().expect("reopen follows fresh");
+        Ok(Arc::new(KvEngine::open(kv, Blocking::Pool).await?))
     }
 }
 
@@ -85,6 +110,11 @@ impl StoreHarness for Redis {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_passes_the_suite() {
     store_suite::run(&Memory).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_over_its_reference_key_value_store_passes_the_suite() {
+    store_suite::run(&Engine::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
