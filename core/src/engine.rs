@@ -48,6 +48,11 @@ use crate::types::{OpId, Operation, Ordinal, SortKey, StoredOp, StrandHead, Stra
 /// The key layout version the engine writes; a dataset with another one is refused.
 pub const LAYOUT_VERSION: u32 = 1;
 
+/// The engine's key spaces: every key it reads or writes starts with one of these two bytes,
+/// and no `range` it asks for crosses two (its end is the first key after its space at most),
+/// so a backend may keep each space in a table of its own (redb does).
+pub const KEY_SPACES: [&[u8; 2]; 6] = [b"n/", b"o/", b"i/", b"s/", b"t/", b"m/"];
+
 const FORMAT_KEY: &[u8] = b"n/format";
 const HEAD_KEY: &[u8] = b"n/head";
 
@@ -294,6 +299,7 @@ impl<K: OrderedKv> Inner<K> {
         let mut outcomes = Vec::with_capacity(batch.ops.len());
         let mut seen: HashMap<OpId, u64> = HashMap::new();
         let mut strands: HashMap<Vec<u8>, StrandMeta> = HashMap::new();
+        let mut buf = Vec::with_capacity(1024);
         for incoming in &batch.ops {
             let op = &incoming.op;
             if let Some(o) = seen.get(&op.id) {
@@ -308,9 +314,9 @@ impl<K: OrderedKv> Inner<K> {
             }
             head += 1;
             seen.insert(op.id, head);
-            let mut rec = Vec::with_capacity(512);
-            record::encode_op(op, &incoming.source, &mut rec)?;
-            writes.push(KvWrite::Put(op_key(head), rec));
+            buf.clear();
+            record::encode_op(op, &incoming.source, &mut buf)?;
+            writes.push(KvWrite::Put(op_key(head), buf.as_slice().to_vec()));
             writes.push(KvWrite::Put(id_key, head.to_be_bytes().to_vec()));
             let strand = strand_key(
                 op.document_id.as_str(),

@@ -1,7 +1,9 @@
 //! The syncline store on an embedded [redb](https://docs.rs/redb) file.
 //!
 //! The file is the core store engine's ordered key-value store ([`syncline_core::engine`],
-//! where the key layout is described): one redb table `kv` of byte keys and values. One
+//! where the key layout is described): one redb table of byte keys and values per engine key
+//! space (`kv_n`, `kv_o`, `kv_i`, `kv_s`, `kv_t`, `kv_m`, keyed without the space's two bytes),
+//! so that the feed, the id index and the strand index are each their own B-tree. One
 //! `apply` is one redb write transaction (durable when it returns, `Durability::Immediate`), so
 //! operations and the cursors written with them commit together or not at all. The executor
 //! groups many jobs into each `apply` (group commit). All redb work runs on tokio's blocking
@@ -24,7 +26,9 @@ use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
     TableHandle, WriteTransaction,
 };
-use syncline_core::engine::{KvEngine, KvRead, KvWrite, LAYOUT_VERSION, OrderedKv, Visit};
+use syncline_core::engine::{
+    KEY_SPACES, KvEngine, KvRead, KvWrite, LAYOUT_VERSION, OrderedKv, Visit,
+};
 use syncline_core::filter::ReadFilter;
 use syncline_core::store::{
     ApplyBatch, ApplyOutcome, MetaSpace, MetaWrite, OperationStore, ReadPage, SyncStorage,
@@ -37,7 +41,30 @@ pub use syncline_core::engine::Blocking;
 /// The layout version of the engine's keys in the file; a file with another one is refused.
 pub const FORMAT_VERSION: u32 = LAYOUT_VERSION;
 
-const KV: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("kv");
+/// One table per engine key space ([`KEY_SPACES`], in that order), keyed by the rest of the
+/// key: each index is its own B-tree, as the tables of format 1 were.
+const TABLES: [TableDefinition<'static, &[u8], &[u8]>; 6] = [
+    TableDefinition::new("kv_n"),
+    TableDefinition::new("kv_o"),
+    TableDefinition::new("kv_i"),
+    TableDefinition::new("kv_s"),
+    TableDefinition::new("kv_t"),
+    TableDefinition::new("kv_m"),
+];
+
+/// The table of `key`'s space and the rest of the key.
+fn split<'k>(path: &Path, key: &'k [u8]) -> Result<(usize, &'k [u8])> {
+    KEY_SPACES
+        .iter()
+        .position(|p| key.starts_with(p.as_slice()))
+        .map(|i| (i, &key[2..]))
+        .ok_or_else(|| {
+            Error::internal(format!(
+                "redb store {}: a key outside the engine's key spaces",
+                path.display()
+            ))
+        })
+}
 
 /// The tables of format version 1, read once to migrate.
 mod legacy {
@@ -139,9 +166,10 @@ fn map_err(path: &Path, what: &str, e: impl Into<redb::Error>) -> Error {
     }
 }
 
-/// A read transaction on the `kv` table.
+/// A read transaction; each space's table is opened on first use.
 pub struct RedbRead<'a> {
-    table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    txn: redb::ReadTransaction,
+    tables: [std::cell::OnceCell<ReadOnlyTable<&'static [u8], &'static [u8]>>; 6],
     file: &'a RedbFile,
 }
 
@@ -151,10 +179,24 @@ impl std::fmt::Debug for RedbRead<'_> {
     }
 }
 
+impl RedbRead<'_> {
+    fn table(&self, i: usize) -> Result<&ReadOnlyTable<&'static [u8], &'static [u8]>> {
+        if let Some(t) = self.tables[i].get() {
+            return Ok(t);
+        }
+        let t = self
+            .txn
+            .open_table(TABLES[i])
+            .map_err(|e| map_err(&self.file.path, "opening a table", e))?;
+        Ok(self.tables[i].get_or_init(|| t))
+    }
+}
+
 impl KvRead for RedbRead<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.table
-            .get(key)
+        let (i, rest) = split(&self.file.path, key)?;
+        self.table(i)?
+            .get(rest)
             .map(|v| v.map(|v| v.value().to_vec()))
             .map_err(|e| map_err(&self.file.path, "reading", e))
     }
@@ -164,13 +206,21 @@ impl KvRead for RedbRead<'_> {
             return Ok(());
         }
         let path = &self.file.path;
-        let range = self
-            .table
-            .range(start..end)
-            .map_err(|e| map_err(path, "reading a range", e))?;
+        let (i, from) = split(path, start)?;
+        let mut key = Vec::with_capacity(64);
+        key.extend_from_slice(KEY_SPACES[i].as_slice());
+        let table = self.table(i)?;
+        // An end in the same space bounds the range; one past it leaves the space's end.
+        let range = match split(path, end) {
+            Ok((j, to)) if j == i => table.range(from..to),
+            _ => table.range(from..),
+        }
+        .map_err(|e| map_err(path, "reading a range", e))?;
         for entry in range {
             let (k, v) = entry.map_err(|e| map_err(path, "reading a range", e))?;
-            if !visit(k.value(), v.value())? {
+            key.truncate(2);
+            key.extend_from_slice(k.value());
+            if !visit(&key, v.value())? {
                 break;
             }
         }
@@ -182,16 +232,25 @@ impl OrderedKv for RedbFile {
     type Read<'a> = RedbRead<'a>;
 
     fn read(&self) -> Result<RedbRead<'_>> {
-        let table = self
+        let txn = self
             .db
             .begin_read()
-            .map_err(redb::Error::from)
-            .and_then(|txn| txn.open_table(KV).map_err(redb::Error::from))
             .map_err(|e| map_err(&self.path, "starting a read", e))?;
-        Ok(RedbRead { table, file: self })
+        Ok(RedbRead {
+            txn,
+            tables: Default::default(),
+            file: self,
+        })
     }
 
     fn write(&self, batch: Vec<KvWrite>) -> Result<()> {
+        let mut split_batch = Vec::with_capacity(batch.len());
+        for w in &batch {
+            let key = match w {
+                KvWrite::Put(k, _) | KvWrite::Delete(k) => k,
+            };
+            split_batch.push(split(&self.path, key)?);
+        }
         let commit = || -> std::result::Result<(), redb::Error> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(if self.durable {
@@ -200,14 +259,18 @@ impl OrderedKv for RedbFile {
                 Durability::None
             })?;
             {
-                let mut table = txn.open_table(KV)?;
-                for w in &batch {
+                let mut tables: [Option<redb::Table<'_, &[u8], &[u8]>>; 6] = Default::default();
+                for (w, (i, rest)) in batch.iter().zip(&split_batch) {
+                    let table = match &mut tables[*i] {
+                        Some(t) => t,
+                        slot => slot.insert(txn.open_table(TABLES[*i])?),
+                    };
                     match w {
-                        KvWrite::Put(k, v) => {
-                            table.insert(k.as_slice(), v.as_slice())?;
+                        KvWrite::Put(_, v) => {
+                            table.insert(*rest, v.as_slice())?;
                         }
-                        KvWrite::Delete(k) => {
-                            table.remove(k.as_slice())?;
+                        KvWrite::Delete(_) => {
+                            table.remove(*rest)?;
                         }
                     }
                 }
@@ -289,7 +352,7 @@ impl RedbFile {
         let foreign: Vec<&str> = existing
             .iter()
             .map(String::as_str)
-            .filter(|t| *t != "kv" && !legacy::TABLES.contains(t))
+            .filter(|t| !TABLES.iter().any(|d| d.name() == *t) && !legacy::TABLES.contains(t))
             .collect();
         if !foreign.is_empty() {
             return Err(Error::new(
@@ -304,8 +367,10 @@ impl RedbFile {
         if existing.iter().any(|t| t == "node") {
             self.migrate_v1(&txn)?;
         }
-        txn.open_table(KV)
-            .map_err(|e| map_err(path, "creating the kv table", e))?;
+        for table in TABLES {
+            txn.open_table(table)
+                .map_err(|e| map_err(path, "creating the tables", e))?;
+        }
         txn.commit().map_err(|e| map_err(path, "committing", e))
     }
 
@@ -356,12 +421,13 @@ impl RedbFile {
 /// Copies every record of the format-1 tables to its engine key and drops the tables; returns
 /// how many operations were copied.
 fn copy_v1(txn: &WriteTransaction) -> std::result::Result<u64, redb::Error> {
-    let mut kv = txn.open_table(KV)?;
-    let mut put = |prefix: &[u8], key: &[u8], value: &[u8]| {
-        let mut k = Vec::with_capacity(prefix.len() + key.len());
-        k.extend_from_slice(prefix);
-        k.extend_from_slice(key);
-        kv.insert(k.as_slice(), value).map(|_| ())
+    let mut tables = Vec::with_capacity(TABLES.len());
+    for table in TABLES {
+        tables.push(txn.open_table(table)?);
+    }
+    let mut put = |space: &[u8; 2], key: &[u8], value: &[u8]| {
+        let i = KEY_SPACES.iter().position(|s| *s == space).unwrap_or(0);
+        tables[i].insert(key, value).map(|_| ())
     };
     let mut head = 0u64;
     let mut copied = 0u64;
@@ -395,7 +461,7 @@ fn copy_v1(txn: &WriteTransaction) -> std::result::Result<u64, redb::Error> {
     }
     put(b"n/", b"format", &LAYOUT_VERSION.to_le_bytes())?;
     put(b"n/", b"head", &head.to_be_bytes())?;
-    drop(kv);
+    drop(tables);
     txn.delete_table(legacy::NODE)?;
     txn.delete_table(legacy::OPS)?;
     txn.delete_table(legacy::OP_IDS)?;
@@ -494,8 +560,8 @@ mod tests {
             let db = Database::create(&future).unwrap();
             let txn = db.begin_write().unwrap();
             {
-                let mut t = txn.open_table(KV).unwrap();
-                t.insert(b"n/format".as_slice(), 99u32.to_le_bytes().as_slice())
+                let mut t = txn.open_table(TABLES[0]).unwrap();
+                t.insert(b"format".as_slice(), 99u32.to_le_bytes().as_slice())
                     .unwrap();
             }
             txn.commit().unwrap();
