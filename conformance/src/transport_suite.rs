@@ -47,6 +47,31 @@ impl Node {
     }
 }
 
+/// What a transport can do, which decides the checks that apply to it. Built from
+/// `Capabilities::default()` (everything) with the builder methods, so that a capability added
+/// later defaults to "can" for harnesses written before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The server can send requests to the client on the client's connection (every
+    /// transport here but HTTP, whose server only answers).
+    pub duplex: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities { duplex: true }
+    }
+}
+
+impl Capabilities {
+    /// Sets [`Capabilities::duplex`].
+    pub fn duplex(mut self, yes: bool) -> Self {
+        self.duplex = yes;
+        self
+    }
+}
+
 /// Starts reactors on one transport.
 #[syncline_core::async_trait]
 pub trait TransportHarness: Send + Sync {
@@ -69,9 +94,9 @@ pub trait TransportHarness: Send + Sync {
     /// A transport for dialling raw links.
     fn dialer(&self) -> Arc<dyn Transport>;
 
-    /// Whether the server can call the client on the client's connection (not HTTP).
-    fn duplex(&self) -> bool {
-        true
+    /// What the transport can do; the checks that need more are skipped for it.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     /// Starts a reactor at a fresh address.
@@ -675,7 +700,7 @@ pub async fn run(h: &dyn TransportHarness) -> Result<()> {
     }
     three_reactors(h).await?;
     large_operations_sync(h).await?;
-    if h.duplex() {
+    if h.capabilities().duplex {
         both_sides_push_on_one_connection(h).await?;
     }
     server_restarts_mid_sync(h).await?;

@@ -1,15 +1,13 @@
 //! Transport harnesses: start reactors serving memory, HTTP, WebSocket, QUIC or Redis pub/sub
 //! on loopback, for the transport suite and other tests.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use syncline_core::transport::parse_url;
-use syncline_core::{
-    DynStore, Error, ErrorKind, Reactor, ReactorConfig, ReactorId, Result, Transport,
-};
+use syncline_core::{DynStore, Error, ErrorKind, Reactor, ReactorConfig, Result, Transport};
 use syncline_transport_http::{HttpTransport, Server, ServerOptions};
 use syncline_transport_memory::MemoryNetwork;
 use syncline_transport_quic::{QuicOptions, QuicTransport};
@@ -17,62 +15,14 @@ use syncline_transport_redis::RedisTransport;
 use syncline_transport_websocket::{WsOptions, WsTransport};
 
 use crate::redis_server::RedisServer;
-use crate::transport_suite::{Node, TransportHarness};
-
-fn free_tcp() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error::internal(format!("no free port: {e}")))
-}
+use crate::transport_suite::{Capabilities, Node, TransportHarness};
+pub use syncline_conformance::listening::{ListeningHarness, build, free_tcp, listening};
 
 fn free_udp() -> Result<u16> {
     UdpSocket::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| Error::internal(format!("no free port: {e}")))
-}
-
-async fn build(
-    name: &str,
-    store: DynStore,
-    config: ReactorConfig,
-    transport: Arc<dyn Transport>,
-) -> Result<Reactor> {
-    Reactor::builder(ReactorId::new(name)?)
-        .store(store)
-        .transport(transport)
-        .config(config)
-        .scheduler(Arc::new(syncline_core::FixedInterval::new(
-            Duration::from_millis(200),
-            syncline_core::RetryPolicy {
-                initial_delay: Duration::from_millis(50),
-                max_delay: Duration::from_secs(1),
-                multiplier: 2.0,
-                max_attempts: None,
-            },
-        )))
-        .start()
-        .await
-}
-
-/// Makes `reactor` listen at `url` by itself, retrying while a crashed node still holds it.
-async fn listening(reactor: Reactor, url: &str) -> Result<Node> {
-    let mut last = None;
-    for _ in 0..100 {
-        match reactor.listen(url).await {
-            Ok(_) => {
-                return Ok(Node {
-                    reactor,
-                    url: url.to_owned(),
-                    guard: Box::new(()),
-                });
-            }
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    Err(last.unwrap_or_else(|| Error::internal(format!("cannot listen at {url}"))))
 }
 
 /// Binds a TCP listener at `addr`, retrying while a crashed server still holds it.
@@ -176,8 +126,8 @@ impl TransportHarness for HttpHarness {
     fn dialer(&self) -> Arc<dyn Transport> {
         Arc::new(HttpTransport::new(Duration::from_secs(10)).expect("an HTTP client"))
     }
-    fn duplex(&self) -> bool {
-        false
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default().duplex(false)
     }
 }
 
@@ -348,56 +298,5 @@ impl TransportHarness for RedisHarness {
     }
     fn dialer(&self) -> Arc<dyn Transport> {
         Arc::new(RedisTransport::new())
-    }
-}
-
-/// A transport that listens by itself (`Reactor::listen`), such as a plugin transport: URLs are
-/// `<scheme>://127.0.0.1:<free port>`.
-pub struct ListeningHarness {
-    name: String,
-    scheme: String,
-    transport: Arc<dyn Transport>,
-}
-
-impl std::fmt::Debug for ListeningHarness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListeningHarness")
-            .field("name", &self.name)
-            .field("scheme", &self.scheme)
-            .finish()
-    }
-}
-
-impl ListeningHarness {
-    /// A harness named `name` for `transport`, which serves `scheme`.
-    pub fn new(name: &str, scheme: &str, transport: Arc<dyn Transport>) -> ListeningHarness {
-        ListeningHarness {
-            name: name.to_owned(),
-            scheme: scheme.to_owned(),
-            transport,
-        }
-    }
-}
-
-#[syncline_core::async_trait]
-impl TransportHarness for ListeningHarness {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    async fn fresh_url(&self, _name: &str) -> Result<String> {
-        Ok(format!("{}://127.0.0.1:{}", self.scheme, free_tcp()?))
-    }
-    async fn start_at(
-        &self,
-        name: &str,
-        url: &str,
-        store: DynStore,
-        config: ReactorConfig,
-    ) -> Result<Node> {
-        let reactor = build(name, store, config, self.transport.clone()).await?;
-        listening(reactor, url).await
-    }
-    fn dialer(&self) -> Arc<dyn Transport> {
-        self.transport.clone()
     }
 }

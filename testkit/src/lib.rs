@@ -8,13 +8,16 @@
 pub mod history;
 pub mod sim;
 
+pub use syncline_conformance::{
+    fast_config, read_all, store_suite, submit_increments, transport_suite, wait_for_count,
+};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncline_core::filter::ReadFilter;
 use syncline_core::{
-    Clock, DynStore, MemoryStore, Ordinal, Reactor, ReactorConfig, ReactorId, Result, RetryPolicy,
-    StoredOp, Submission, SystemClock, Written,
+    Clock, DynStore, MemoryStore, Reactor, ReactorConfig, ReactorId, Result, RetryPolicy,
+    SystemClock,
 };
 use syncline_transport_memory::MemoryNetwork;
 
@@ -27,25 +30,6 @@ pub fn init_tracing() {
         )
         .with_test_writer()
         .try_init();
-}
-
-/// A configuration with short timeouts and backoffs, for tests.
-pub fn fast_config() -> ReactorConfig {
-    let mut c = ReactorConfig::default();
-    c.sync.request_timeout = Duration::from_millis(500);
-    c.sync.retry = RetryPolicy {
-        initial_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(200),
-        multiplier: 2.0,
-        max_attempts: Some(5),
-    };
-    c.sync.reconnect = RetryPolicy {
-        initial_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(200),
-        multiplier: 2.0,
-        max_attempts: None,
-    };
-    c
 }
 
 /// Starts a reactor named `name` on `net`, listening on `mem://<name>`.
@@ -126,64 +110,6 @@ pub async fn start_with_rules(
 /// Starts a reactor with a fresh memory store.
 pub async fn start_memory(net: &MemoryNetwork, name: &str, seed: u64) -> Result<Reactor> {
     start_on(net, name, Arc::new(MemoryStore::new()), fast_config(), seed).await
-}
-
-/// Submits `n` `increment` actions to `/n` of `document`, `per_job` at a time.
-pub async fn submit_increments(
-    reactor: &Reactor,
-    document: &str,
-    n: usize,
-    per_job: usize,
-) -> Result<Vec<Written>> {
-    let mut out = Vec::with_capacity(n);
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(per_job.max(1));
-        let sub = Submission::json(
-            document,
-            (0..k).map(|_| ("increment", serde_json::json!({"path": "/n"}))),
-        )?;
-        out.extend(reactor.submit(sub).await?);
-        left -= k;
-    }
-    Ok(out)
-}
-
-/// Every stored operation of a store, in ordinal order.
-pub async fn read_all(store: &DynStore) -> Result<Vec<StoredOp>> {
-    let mut out = Vec::new();
-    let mut after = Ordinal::ZERO;
-    loop {
-        let page = store
-            .read_since(after, 10_000, &ReadFilter::everything())
-            .await?;
-        if page.scanned_to == after {
-            return Ok(out);
-        }
-        after = page.scanned_to;
-        out.extend(page.ops);
-    }
-}
-
-/// Waits until every store holds `count` operations, polling; fails with the counts.
-pub async fn wait_for_count(reactors: &[&Reactor], count: u64, timeout: Duration) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let mut heads = Vec::new();
-        for r in reactors {
-            heads.push(r.store().head().await?.0);
-        }
-        if heads.iter().all(|h| *h == count) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(syncline_core::Error::new(
-                syncline_core::ErrorKind::Timeout,
-                format!("stores hold {heads:?} operations, expected {count} each"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A transport wrapper that counts the frames each link sends, by kind and message type
@@ -300,7 +226,6 @@ pub mod counting {
 pub mod redis_server {
     pub use syncline_store_redis::server::RedisServer;
 }
-pub mod store_suite;
 
 /// What the crash tests write and check.
 pub mod crash {
@@ -378,7 +303,6 @@ pub mod crash {
 }
 pub mod harnesses;
 pub mod sched_compare;
-pub mod transport_suite;
 
 /// The shared library of an example plugin (`kvfile`, `tcp`, `testing`), built next to the
 /// running test (`./scripts/test` builds them first).
