@@ -30,6 +30,11 @@ impl Entropy {
         Entropy(Mutex::new(StdRng::seed_from_u64(seed)))
     }
 
+    /// Fills `buf` with random bytes.
+    pub fn fill(&self, buf: &mut [u8]) {
+        self.0.lock().fill_bytes(buf);
+    }
+
     fn bytes16(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         self.0.lock().fill_bytes(&mut b);

@@ -118,14 +118,18 @@ impl fmt::Debug for Session {
     }
 }
 
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
-
 impl Session {
-    /// Starts a session on a link: spawns the reader that dispatches incoming frames.
-    pub fn start(link: Link, handler: Arc<dyn SessionHandler>, limits: SessionLimits) -> Session {
+    /// Starts a session on a link: spawns the reader that dispatches incoming frames. `id`
+    /// names it in logs and tells it apart from the owner's other sessions.
+    pub fn start(
+        link: Link,
+        handler: Arc<dyn SessionHandler>,
+        limits: SessionLimits,
+        id: u64,
+    ) -> Session {
         let codec = codec_byte(link.info.codec);
         let session = Session(Arc::new(Inner {
-            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            id,
             sender: link.sender,
             info: link.info,
             limits,

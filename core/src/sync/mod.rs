@@ -440,12 +440,20 @@ pub(crate) struct SyncContext {
     /// Refusals to pass on towards operations' origins, by the peer each operation was
     /// received from (they ride on the next answer or acknowledgement to that peer).
     pub(crate) relay: Mutex<BTreeMap<ReactorId, Vec<Refusal>>>,
+    /// The next session id; per manager, so that a simulation's ids do not depend on what
+    /// else ran in the process.
+    pub(crate) next_session: AtomicU64,
 }
 
 /// Most refusals waiting to be passed on to one peer; more are recorded here but not passed on.
 const MAX_RELAYED_PER_PEER: usize = 10_000;
 
 impl SyncContext {
+    /// A fresh session id.
+    pub(crate) fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
         self.hlc.wall().now_millis()
     }
@@ -660,6 +668,7 @@ impl SyncManager {
             written: tokio::sync::Notify::new(),
             exclusions: parts.exclusions,
             relay: Mutex::new(BTreeMap::new()),
+            next_session: AtomicU64::new(1),
         });
         // Refusals by authorities recorded before this start keep their operations out of the
         // view.
@@ -910,7 +919,12 @@ impl SyncManager {
 
     /// Serves an accepted link.
     pub fn serve(&self, link: Link) -> Session {
-        let session = Session::start(link, self.responder.clone(), self.ctx.config.limits());
+        let session = Session::start(
+            link,
+            self.responder.clone(),
+            self.ctx.config.limits(),
+            self.ctx.session_id(),
+        );
         // A peer that connects must say who it is soon, or its connection is given back.
         let s = session.clone();
         let within = self.ctx.config.hello_timeout;

@@ -537,7 +537,12 @@ impl RemoteShared {
             responder: self.responder.clone(),
             remote: Arc::downgrade(self),
         });
-        let session = Session::start(link, handler, self.ctx.config.limits());
+        let session = Session::start(
+            link,
+            handler,
+            self.ctx.config.limits(),
+            self.ctx.session_id(),
+        );
         let hello = Request::Hello(Hello {
             reactor_id: self.ctx.reactor.clone(),
             protocol: PROTOCOL_VERSION,

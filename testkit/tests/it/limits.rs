@@ -31,7 +31,7 @@ impl SessionHandler for Quiet {
 async fn open(net: &MemoryNetwork, to: &str) -> Session {
     let url = url::Url::parse(&format!("mem://{to}")).unwrap();
     let link = net.transport("client").connect(&url).await.unwrap();
-    Session::start(link, Arc::new(Quiet), SessionLimits::default())
+    Session::start(link, Arc::new(Quiet), SessionLimits::default(), 1)
 }
 
 async fn ask(s: &Session, request: Request) -> Result<Response> {

@@ -25,12 +25,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use rand::{RngCore, SeedableRng};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use syncline_core::protocol::{Body, Codec, Envelope, Request};
 use syncline_core::{
-    Acceptor, ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo, Result, Transport,
+    Acceptor, ChannelReceiver, Entropy, Error, ErrorKind, FrameSender, Link, LinkInfo, Result,
+    Transport,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -108,9 +108,16 @@ fn redacted(url: &Url) -> String {
 }
 
 /// The `redis://` pub/sub transport.
-#[derive(Default)]
 pub struct RedisTransport {
     publishers: Mutex<HashMap<String, ConnectionManager>>,
+    /// Where link ids come from (seeded in simulations).
+    entropy: Arc<Entropy>,
+}
+
+impl Default for RedisTransport {
+    fn default() -> Self {
+        RedisTransport::with_entropy(Arc::new(Entropy::from_os()))
+    }
 }
 
 impl fmt::Debug for RedisTransport {
@@ -123,6 +130,14 @@ impl RedisTransport {
     /// A transport.
     pub fn new() -> Self {
         RedisTransport::default()
+    }
+
+    /// A transport whose link ids come from `entropy`.
+    pub fn with_entropy(entropy: Arc<Entropy>) -> Self {
+        RedisTransport {
+            publishers: Mutex::default(),
+            entropy,
+        }
     }
 
     async fn publisher(&self, server: &Url) -> Result<(redis::Client, ConnectionManager)> {
@@ -261,7 +276,7 @@ impl Transport for RedisTransport {
         let shown = redacted(url);
         let (client, publisher) = self.publisher(url).await?;
         let mut id = [0u8; 16];
-        rand::rngs::StdRng::from_os_rng().fill_bytes(&mut id);
+        self.entropy.fill(&mut id);
         let reply = format!("syncline:reply:{}", hex16(&id));
         let mut sub = client
             .get_async_pubsub()
