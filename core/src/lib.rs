@@ -55,8 +55,8 @@ pub use sync::{
     SyncStatus,
 };
 pub use transport::{
-    AcceptFn, Acceptor, ChannelReceiver, FrameReceiver, FrameSender, Link, LinkInfo, Transport,
-    TransportRegistry,
+    AcceptFn, Acceptor, ChannelAcceptor, ChannelReceiver, FrameReceiver, FrameSender, Link,
+    LinkInfo, Transport, TransportRegistry,
 };
 pub use types::{
     Action, ActionId, ActionType, Branch, DocumentId, DocumentType, JobId, OpHash, OpId, Operation,

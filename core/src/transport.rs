@@ -98,6 +98,68 @@ pub trait Acceptor: Send + fmt::Debug {
     fn local_url(&self) -> Url;
 }
 
+/// An acceptor fed by a bounded channel of links: what most transports return from `listen`
+/// (an accept task pushes each established link into the channel's sender). Dropping it runs
+/// the transport's clean-up (stop the accept task, close the endpoint, free the name).
+pub struct ChannelAcceptor {
+    rx: tokio::sync::mpsc::Receiver<Link>,
+    url: Url,
+    shown: String,
+    on_drop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ChannelAcceptor {
+    /// An acceptor of the links sent into `rx`, listening at `url`.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Link>, url: Url) -> Self {
+        ChannelAcceptor {
+            shown: url.to_string(),
+            rx,
+            url,
+            on_drop: None,
+        }
+    }
+
+    /// How errors and debug output name the listener, when the URL holds a secret.
+    pub fn shown_as(mut self, shown: impl Into<String>) -> Self {
+        self.shown = shown.into();
+        self
+    }
+
+    /// Runs `f` when the acceptor is dropped.
+    pub fn on_drop(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.on_drop = Some(Box::new(f));
+        self
+    }
+}
+
+impl fmt::Debug for ChannelAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelAcceptor({})", self.shown)
+    }
+}
+
+impl Drop for ChannelAcceptor {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+#[async_trait]
+impl Acceptor for ChannelAcceptor {
+    async fn accept(&mut self) -> Result<Link> {
+        self.rx
+            .recv()
+            .await
+            .ok_or_else(|| Error::closed(format!("{} stopped listening", self.shown)))
+    }
+
+    fn local_url(&self) -> Url {
+        self.url.clone()
+    }
+}
+
 /// A transport: dials and accepts links for its URL schemes.
 #[async_trait]
 pub trait Transport: Send + Sync + fmt::Debug + 'static {

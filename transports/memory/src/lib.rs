@@ -21,7 +21,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use syncline_core::protocol::Codec;
 use syncline_core::{
-    Acceptor, ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo, Result, Transport,
+    Acceptor, ChannelAcceptor, ChannelReceiver, Error, ErrorKind, FrameSender, Link, LinkInfo,
+    Result, Transport,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -407,54 +408,16 @@ impl Transport for MemoryTransport {
         let (tx, rx) = mpsc::channel(PENDING_LINKS);
         let id = self.net.0.next_listener.fetch_add(1, Ordering::Relaxed);
         listeners.insert(name.clone(), (id, tx));
-        Ok(Box::new(MemAcceptor {
-            net: self.net.clone(),
-            id,
-            name,
-            url: url.clone(),
-            rx,
-        }))
-    }
-}
-
-struct MemAcceptor {
-    net: MemoryNetwork,
-    id: u64,
-    name: String,
-    url: Url,
-    rx: mpsc::Receiver<Link>,
-}
-
-impl fmt::Debug for MemAcceptor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MemAcceptor({})", self.url)
-    }
-}
-
-impl Drop for MemAcceptor {
-    fn drop(&mut self) {
-        let mut listeners = self.net.0.listeners.lock();
-        // A newer listener under the same name is kept.
-        if listeners
-            .get(&self.name)
-            .is_some_and(|(id, _)| *id == self.id)
-        {
-            listeners.remove(&self.name);
-        }
-    }
-}
-
-#[async_trait]
-impl Acceptor for MemAcceptor {
-    async fn accept(&mut self) -> Result<Link> {
-        self.rx
-            .recv()
-            .await
-            .ok_or_else(|| Error::closed(format!("{} stopped listening", self.url)))
-    }
-
-    fn local_url(&self) -> Url {
-        self.url.clone()
+        let net = self.net.clone();
+        Ok(Box::new(ChannelAcceptor::new(rx, url.clone()).on_drop(
+            move || {
+                let mut listeners = net.0.listeners.lock();
+                // A newer listener under the same name is kept.
+                if listeners.get(&name).is_some_and(|(i, _)| *i == id) {
+                    listeners.remove(&name);
+                }
+            },
+        )))
     }
 }
 

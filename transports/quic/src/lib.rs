@@ -30,8 +30,8 @@ use syncline_core::protocol::{
     Body, Codec, Envelope, FrameHead, FrameKind, HEADER_LEN, PROTOCOL_VERSION,
 };
 use syncline_core::{
-    Acceptor, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo, Result, Transport,
-    WireError,
+    Acceptor, ChannelAcceptor, Error, ErrorKind, FrameReceiver, FrameSender, Link, LinkInfo,
+    Result, Transport, WireError,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -657,12 +657,12 @@ impl Transport for QuicTransport {
             self.options.max_frame_bytes,
             self.options.handshake_timeout,
         ));
-        Ok(Box::new(QuicAcceptor {
-            endpoint,
-            url: public,
-            links,
-            task,
-        }))
+        Ok(Box::new(ChannelAcceptor::new(links, public).on_drop(
+            move || {
+                task.abort();
+                endpoint.close(0u32.into(), b"stopped");
+            },
+        )))
     }
 }
 
@@ -706,40 +706,6 @@ async fn accept_loop(
             conn.closed().await;
             drop(admission);
         });
-    }
-}
-
-struct QuicAcceptor {
-    endpoint: Endpoint,
-    url: Url,
-    links: mpsc::Receiver<Link>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl fmt::Debug for QuicAcceptor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QuicAcceptor({})", self.url)
-    }
-}
-
-impl Drop for QuicAcceptor {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.endpoint.close(0u32.into(), b"stopped");
-    }
-}
-
-#[async_trait]
-impl Acceptor for QuicAcceptor {
-    async fn accept(&mut self) -> Result<Link> {
-        self.links
-            .recv()
-            .await
-            .ok_or_else(|| Error::closed(format!("{} stopped listening", self.url)))
-    }
-
-    fn local_url(&self) -> Url {
-        self.url.clone()
     }
 }
 

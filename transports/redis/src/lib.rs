@@ -29,8 +29,8 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use syncline_core::protocol::{Body, Codec, Envelope, Request};
 use syncline_core::{
-    Acceptor, ChannelReceiver, Entropy, Error, ErrorKind, FrameSender, Link, LinkInfo, Result,
-    Transport,
+    Acceptor, ChannelAcceptor, ChannelReceiver, Entropy, Error, ErrorKind, FrameSender, Link,
+    LinkInfo, Result, Transport,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -366,11 +366,11 @@ impl Transport for RedisTransport {
             accept_tx,
             shown.clone(),
         ));
-        Ok(Box::new(RedisAcceptor {
-            rx: accept_rx,
-            url: url.clone(),
-            task,
-        }))
+        Ok(Box::new(
+            ChannelAcceptor::new(accept_rx, url.clone())
+                .shown_as(redacted(url))
+                .on_drop(move || task.abort()),
+        ))
     }
 }
 
@@ -500,37 +500,5 @@ async fn listen_loop(
                 }
             }
         }
-    }
-}
-
-struct RedisAcceptor {
-    rx: mpsc::Receiver<Link>,
-    url: Url,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl fmt::Debug for RedisAcceptor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RedisAcceptor({})", redacted(&self.url))
-    }
-}
-
-impl Drop for RedisAcceptor {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-#[async_trait]
-impl Acceptor for RedisAcceptor {
-    async fn accept(&mut self) -> Result<Link> {
-        self.rx
-            .recv()
-            .await
-            .ok_or_else(|| Error::closed(format!("{} stopped listening", redacted(&self.url))))
-    }
-
-    fn local_url(&self) -> Url {
-        self.url.clone()
     }
 }
