@@ -5,6 +5,7 @@
 mod edges;
 mod limits;
 mod plugins;
+mod reactor;
 mod scheduling;
 mod sim;
 mod stores;
