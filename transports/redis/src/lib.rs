@@ -27,7 +27,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use syncline_core::protocol::{Body, Codec, Envelope, Request};
+use syncline_core::protocol::{Codec, FrameHead, FrameKind, MessageType};
 use syncline_core::{
     Acceptor, ChannelAcceptor, ChannelReceiver, Entropy, Error, ErrorKind, FrameSender, Link,
     LinkInfo, Result, Transport,
@@ -81,11 +81,13 @@ fn decode(raw: &[u8]) -> Option<Message> {
     })
 }
 
+/// Whether `frame` is a hello request, read from its head (the body is not decoded).
 fn is_hello(frame: &[u8]) -> bool {
     matches!(
-        Codec::decode(frame),
-        Ok(Envelope {
-            body: Body::Request(Request::Hello(_)),
+        FrameHead::peek(frame),
+        Some(FrameHead {
+            kind: FrameKind::Request,
+            message: Some(MessageType::Hello),
             ..
         })
     )
