@@ -120,10 +120,12 @@ pub mod counting {
     use std::sync::Arc;
 
     use parking_lot::Mutex;
+    use syncline_core::protocol::{FrameHead, FrameKind};
     use syncline_core::transport::{FrameSender, Link, Transport};
     use syncline_core::{Acceptor, Result};
 
-    /// Frames sent, by `(kind, message type)` as in the binary header.
+    /// Frames sent (binary or JSON), by `(kind, message type)` numbered as in the binary header
+    /// (read with `FrameHead::peek`).
     pub type Counts = Arc<Mutex<BTreeMap<(u8, u8), u64>>>;
 
     /// Wraps a transport; every link it dials or accepts counts what it sends.
@@ -163,8 +165,15 @@ pub mod counting {
     #[syncline_core::async_trait]
     impl FrameSender for CountingSender {
         async fn send(&self, frame: bytes::Bytes) -> Result<()> {
-            if frame.len() >= 6 && frame.starts_with(b"SY") {
-                *self.counts.lock().entry((frame[4], frame[5])).or_default() += 1;
+            if let Some(head) = FrameHead::peek(&frame) {
+                let kind = match head.kind {
+                    FrameKind::Request => 0,
+                    FrameKind::Response => 1,
+                    FrameKind::Error => 2,
+                    FrameKind::Notification => 3,
+                };
+                let message = head.message.map_or(u8::MAX, |m| m as u8);
+                *self.counts.lock().entry((kind, message)).or_default() += 1;
             }
             self.inner.send(frame).await
         }
