@@ -6,27 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// A hybrid logical clock time: wall milliseconds plus a counter for events within one
-/// millisecond. Ties between reactors are broken by the operation id in the canonical order.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Hlc {
-    /// Milliseconds since the Unix epoch (as seen by the clock that produced it).
-    pub millis: u64,
-    /// Logical counter within `millis`.
-    pub counter: u32,
-}
-
-impl fmt::Display for Hlc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.millis, self.counter)
-    }
-}
+pub use syncline_proto::clock::Hlc;
 
 /// A source of wall-clock milliseconds. Injected so simulations control time.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {

@@ -6,23 +6,21 @@
 //! sync by push, pull, or both. See `ARCHITECTURE.md` for the map from the seed design's
 //! interfaces to these types.
 
+pub use syncline_proto::{error, filter, protocol, retry, types};
+
 pub mod auth;
 pub mod channel;
 pub mod clock;
 pub mod engine;
 pub mod entropy;
-pub mod error;
 pub mod events;
 pub mod exclusions;
 pub mod executor;
-pub mod filter;
 pub mod limits;
 pub mod memory_store;
 pub mod model;
-pub mod protocol;
 pub mod queue;
 pub mod reactor;
-pub mod retry;
 pub mod scheduler;
 pub mod session;
 pub mod store;
@@ -30,7 +28,6 @@ pub mod sync;
 pub mod telemetry;
 pub mod testing;
 pub mod transport;
-pub mod types;
 pub mod view;
 
 pub use async_trait::async_trait;

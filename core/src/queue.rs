@@ -335,7 +335,6 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::*;
 
     fn submit(doc: &str, n: usize) -> JobKind {
         JobKind::Submit(Submission {

@@ -11,7 +11,6 @@ mod remote;
 mod responder;
 pub mod state;
 mod status;
-pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +45,7 @@ pub use remote::TaskGroup;
 use responder::Responder;
 pub use state::{DeadLetter, Direction, ListenerRecord, RefusalRecord, RemoteRecord, SyncState};
 pub use status::*;
+pub use syncline_proto::sync::window;
 
 /// The URL scheme of remotes reached over a connection the peer opened to us:
 /// `peer://<reactor id>`. Both reactors then push (and pull) on that one connection, which is how
@@ -224,25 +224,7 @@ impl SyncContext {
     }
 }
 
-/// Keeps the longest prefix of a feed page whose operations fit in `budget` bytes on the wire
-/// (always at least one), and returns it with the feed position it covers: the page's end if
-/// nothing was cut, else the last kept operation (the next read starts after it).
-pub(crate) fn cut_to_bytes(
-    mut ops: Vec<crate::types::StoredOp>,
-    scanned_to: Ordinal,
-    budget: usize,
-) -> (Vec<crate::types::StoredOp>, Ordinal, bool) {
-    let mut used = 0usize;
-    for i in 0..ops.len() {
-        used = used.saturating_add(ops[i].op.wire_size());
-        if used > budget && i > 0 {
-            let to = ops[i - 1].ordinal;
-            ops.truncate(i);
-            return (ops, to, true);
-        }
-    }
-    (ops, scanned_to, false)
-}
+pub(crate) use syncline_proto::sync::cut_to_bytes;
 
 /// Everything needed to build a sync manager.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ mod connector;
 mod puller;
 mod pusher;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +35,6 @@ use super::cell::Cell;
 use super::responder::Responder;
 use super::responder::Verdicts;
 use super::state::{DeadLetter, Direction, RefusalRecord, RemoteRecord, SyncState};
-use super::window::OutboxWindow;
 use super::{ConnectionState, Failure, Piggyback, RemoteConfig, RemoteStatus, SyncContext};
 use crate::channel::{Channel, JobHandle, JobStatus, PullJobHandle};
 use crate::error::{Error, ErrorKind, Result, WireError};
@@ -75,20 +74,6 @@ impl Drop for TaskGroup {
         }
     }
 }
-
-/// How a pushed batch ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Delivery {
-    Applied,
-    DeadLettered,
-    Stopped,
-}
-
-type Delivering = Pin<Box<dyn Future<Output = (JobHandle, Delivery, bool)> + Send>>;
-
-/// How often a pusher looks at the feed without being woken (writes by other processes on a
-/// shared store raise no local event).
-const FEED_POLL: Duration = Duration::from_secs(1);
 
 /// How long a batch offered for piggybacking waits for the puller before it is pushed alone.
 const PIGGYBACK_WAIT: Duration = Duration::from_millis(50);
@@ -312,6 +297,7 @@ impl RemoteShared {
 
     pub(crate) fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.wake_push.notify_one();
     }
 
     pub(crate) fn requeue(&self, letter: DeadLetter) -> Result<()> {

@@ -4,6 +4,164 @@
 
 use super::*;
 
+use syncline_proto::sync::pusher::{PushEffect, Pusher, PusherConfig, Record};
+
+/// What an effect the shell performed gave back.
+enum Done {
+    Read(Result<crate::store::ReadPage>),
+    Answered(JobId, Result<(Pushed, usize)>),
+    Recorded(JobId, bool),
+    Nothing,
+}
+
+type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
+
+/// What the pusher's driver holds: the machine's batches as job handles, the effects being
+/// performed, and the session the machine was last told about.
+struct PushShell {
+    remote: Arc<RemoteShared>,
+    handles: BTreeMap<JobId, JobHandle>,
+    pending: Pending,
+    session: Option<Session>,
+    filter: Option<crate::filter::ReadFilter>,
+    saver: watch::Sender<Ordinal>,
+}
+
+impl PushShell {
+    fn perform(&mut self, effect: PushEffect) {
+        let remote = &self.remote;
+        match effect {
+            PushEffect::ReadFeed { after, limit } => {
+                // What counts as an echo depends on who the remote is, known by now.
+                let filter = self
+                    .filter
+                    .get_or_insert_with(|| {
+                        remote.ctx.read_filter(&remote.config.filter, remote.peer())
+                    })
+                    .clone();
+                let store = remote.ctx.store.clone();
+                self.pending.push(Box::pin(async move {
+                    Done::Read(store.read_since(after, limit, &filter).await)
+                }));
+            }
+            PushEffect::Opened {
+                job,
+                range,
+                ops,
+                requeued: _,
+            } => {
+                let handle = JobHandle::new(job, ops, range);
+                remote.channel.outbox.push(handle.clone());
+                self.handles.insert(job, handle);
+            }
+            PushEffect::Send { job, request } => {
+                if let Some(h) = self.handles.get(&job) {
+                    let _ = h.advance(JobStatus::TransportPending);
+                }
+                let session = self.session.clone();
+                let remote = remote.clone();
+                self.pending.push(Box::pin(async move {
+                    let answer = match session {
+                        Some(session) => remote.send_push(&session, &request, job).await,
+                        None => Err(Error::closed("the session closed")),
+                    };
+                    Done::Answered(job, answer)
+                }));
+            }
+            PushEffect::Sent {
+                ok,
+                refused,
+                ops,
+                bytes,
+                rtt,
+                ..
+            } => {
+                if ok {
+                    let outcome = if refused { "refused" } else { "applied" };
+                    telemetry::push_done(remote.name(), ops, bytes, outcome, rtt);
+                    remote.succeeded();
+                }
+                remote
+                    .ctx
+                    .scheduler
+                    .observe(Some(remote.name()), &Signal::PushSent { ok, ops, rtt });
+            }
+            PushEffect::Failed {
+                job,
+                error,
+                attempts,
+                retry_in,
+                loud,
+            } => {
+                remote.failed(&error);
+                if loud {
+                    let operations = self.handles.get(&job).map_or(0, |h| h.operations().len());
+                    tracing::warn!(
+                        remote = remote.name(), job = %job, operations, attempts, error = %error,
+                        "a batch keeps failing; it is retried for as long as the remote exists"
+                    );
+                } else {
+                    tracing::debug!(
+                        remote = remote.name(), error = %error,
+                        "push failed; retrying in {} ms", retry_in.as_millis()
+                    );
+                }
+                telemetry::retry(remote.name(), "push");
+            }
+            PushEffect::Relayed(relayed) => {
+                let remote = remote.clone();
+                self.pending.push(Box::pin(async move {
+                    if let Some(peer) = remote.peer()
+                        && let Err(e) = remote.ctx.record_reported(&peer, &relayed).await
+                    {
+                        tracing::warn!(remote = remote.name(), error = %e, "could not record refusals");
+                    }
+                    Done::Nothing
+                }));
+            }
+            PushEffect::Record {
+                job,
+                record,
+                requeued,
+            } => {
+                let Some(handle) = self.handles.get(&job).cloned() else {
+                    return;
+                };
+                let remote = remote.clone();
+                self.pending.push(Box::pin(async move {
+                    let stored = match record {
+                        Record::Refusals(refused) => {
+                            remote.keep_refusals(&handle, &refused, requeued).await
+                        }
+                        Record::Delivered => {
+                            remote.forget_dead_letter(&handle).await;
+                            true
+                        }
+                    };
+                    Done::Recorded(job, stored)
+                }));
+            }
+            PushEffect::Finished { job, requeued } => {
+                if let Some(handle) = self.handles.remove(&job) {
+                    let _ = handle.advance(JobStatus::Applied);
+                    remote.channel.outbox.remove(&handle);
+                }
+                if requeued {
+                    remote.requeued.lock().remove(&job.to_string());
+                }
+            }
+            PushEffect::Cursor(at) => remote.commit_outbox(at, &self.saver),
+            PushEffect::InFlight(n) => {
+                remote.status.send_if_modified(|s| {
+                    let changed = s.in_flight != n;
+                    s.in_flight = n;
+                    changed
+                });
+            }
+        }
+    }
+}
+
 impl RemoteShared {
     pub(super) async fn save_outbox_cursor(self: Arc<Self>, mut rx: watch::Receiver<Ordinal>) {
         while rx.changed().await.is_ok() {
@@ -26,207 +184,97 @@ impl RemoteShared {
         self.report_lag();
     }
 
+    /// Drives the pusher machine: performs its effects, feeds it what they returned, the
+    /// session's comings and goings, local writes, requeued dead letters and its timers.
     pub(super) async fn push_loop(
         self: Arc<Self>,
         mut requeue_rx: mpsc::Receiver<DeadLetter>,
         saver: watch::Sender<Ordinal>,
     ) {
-        // What counts as an echo depends on who the remote is: learn that before reading.
-        if self.peer().is_none() && self.wait_session().await.is_none() {
-            return;
-        }
-        let filter = self.ctx.read_filter(&self.config.filter, self.peer());
+        let cfg = &self.ctx.config;
+        let config = PusherConfig::new(
+            cfg.push_batch_ops,
+            cfg.batch_bytes(),
+            cfg.push_window,
+            cfg.retry,
+        );
         let committed = self.status.borrow().outbox_cursor;
-        let mut window = OutboxWindow::new(committed);
-        let mut read_pos = committed;
-        let mut inflight: FuturesUnordered<Delivering> = FuturesUnordered::new();
-        let batch = self.ctx.config.push_batch_ops;
-        let max_in_flight = self.ctx.config.push_window;
+        let mut machine = Pusher::new(config, committed, self.peer().is_some());
+        let mut shell = PushShell {
+            remote: self.clone(),
+            handles: BTreeMap::new(),
+            pending: FuturesUnordered::new(),
+            session: None,
+            filter: None,
+            saver,
+        };
         loop {
-            if self.stopped() {
-                break;
+            while let Some(effect) = machine.poll_effect() {
+                shell.perform(effect);
             }
-            let mut read_failed = false;
-            while !self.draining.load(Ordering::SeqCst) && inflight.len() < max_in_flight {
-                let page = match self.ctx.store.read_since(read_pos, batch, &filter).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(remote = self.name(), error = %e, "reading the feed failed");
-                        self.failed(&e);
-                        read_failed = true;
-                        break;
-                    }
-                };
-                if page.scanned_to <= read_pos {
-                    break;
-                }
-                // Cut the batch to fit the frame limit in bytes as well as in count.
-                let (page_ops, to, _) = super::super::cut_to_bytes(
-                    page.ops,
-                    page.scanned_to,
-                    self.ctx.config.batch_bytes(),
-                );
-                let from = read_pos;
-                read_pos = to;
-                if page_ops.is_empty() {
-                    if let Some(c) = window.skip(from, to) {
-                        self.commit_outbox(c, &saver);
-                    }
-                    continue;
-                }
-                window.open(from, to);
-                let ops: Vec<Arc<Operation>> = page_ops.into_iter().map(|s| s.op).collect();
-                let handle = JobHandle::new(self.ctx.entropy.job_id(), ops, (from, to));
-                self.channel.outbox.push(handle.clone());
-                inflight.push(Box::pin(self.clone().deliver(handle, false)));
-            }
-            let n = inflight.len();
-            self.status.send_if_modified(|s| {
-                let changed = s.in_flight != n;
-                s.in_flight = n;
-                changed
-            });
-            // Events wake the pusher for local writes; the poll catches writes made by other
-            // processes sharing the store, and retries a failed read.
-            let poll = if read_failed {
-                Duration::from_millis(500)
-            } else {
-                FEED_POLL
-            };
+            let deadline = machine.poll_timeout().map(Instant::from_std);
+            // The connector clears the link when the session closes (waiting on the session
+            // itself would wake tasks in a random order); until then a send fails as closed.
+            let known = shell.session.as_ref().map(Session::id);
             tokio::select! {
                 biased;
                 _ = self.until_stopped() => break,
-                Some((handle, delivery, requeued)) = inflight.next(), if !inflight.is_empty() => {
-                    self.channel.outbox.remove(&handle);
-                    if requeued {
-                        self.requeued.lock().remove(&handle.id().to_string());
-                    }
-                    if !requeued && delivery != Delivery::Stopped
-                        && let Some(c) = window.finish(handle.range().0) {
-                            self.commit_outbox(c, &saver);
+                Some(done) = shell.pending.next(), if !shell.pending.is_empty() => {
+                    let now = Instant::now().into_std();
+                    match done {
+                        Done::Read(Ok(page)) => {
+                            let entropy = &self.ctx.entropy;
+                            machine.feed_read(now, page.ops, page.scanned_to, || entropy.job_id());
                         }
+                        Done::Read(Err(e)) => {
+                            tracing::warn!(remote = self.name(), error = %e, "reading the feed failed");
+                            self.failed(&e);
+                            machine.feed_failed(now);
+                        }
+                        Done::Answered(job, answer) => {
+                            machine.answered(now, job, answer, self.ctx.entropy.unit());
+                        }
+                        Done::Recorded(job, true) => machine.recorded(job),
+                        Done::Recorded(job, false) => machine.record_failed(now, job),
+                        Done::Nothing => {}
+                    }
+                }
+                link = self.link.wait_until(|l| {
+                    l.stopped || l.session.as_ref().filter(|s| !s.is_closed()).map(Session::id) != known
+                }) => {
+                    shell.session = link.session.filter(|s| !s.is_closed());
+                    match shell.session {
+                        Some(_) => machine.connected(Instant::now().into_std()),
+                        None => machine.disconnected(),
+                    }
                 }
                 // Requeued batches count against the push window like any other.
-                Some(letter) = requeue_rx.recv(), if inflight.len() < max_in_flight => {
+                Some(letter) = requeue_rx.recv(), if machine.has_room() => {
                     let Ok(id) = letter.id.parse::<JobId>() else {
                         self.requeued.lock().remove(&letter.id);
                         tracing::warn!(remote = self.name(), letter = %letter.id, "a dead letter's id is not a job id; not sent again");
                         continue;
                     };
                     let ops = letter.operations.into_iter().map(Arc::new).collect();
-                    let handle = JobHandle::new(id, ops, letter.range);
-                    self.channel.outbox.push(handle.clone());
-                    inflight.push(Box::pin(self.clone().deliver(handle, true)));
+                    machine.requeue(Instant::now().into_std(), id, ops, letter.range);
                 }
-                _ = self.wake_push.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
-        }
-    }
-
-    /// Pushes one batch until the remote answered it (every operation applied or refused) or
-    /// the remote stops. Failures of the whole batch (network, session, timeout, or an error
-    /// answer) are retried with backoff for as long as the remote exists: only per-operation
-    /// refusals end in a dead letter, and only those let the cursor pass an operation the
-    /// remote does not hold.
-    pub(super) async fn deliver(
-        self: Arc<Self>,
-        handle: JobHandle,
-        requeued: bool,
-    ) -> (JobHandle, Delivery, bool) {
-        let _ = handle.advance(JobStatus::TransportPending);
-        let request = Request::Push(Push {
-            job_id: handle.id(),
-            strands: StrandUpdate::group(handle.operations()),
-        });
-        let n = handle.operations().len();
-        let policy = self.ctx.config.retry;
-        let mut attempts = 0u32;
-        loop {
-            let Some(session) = self.wait_session().await else {
-                return (handle, Delivery::Stopped, requeued);
-            };
-            let started = Instant::now();
-            let err = match self.send_push(&session, &request, handle.id()).await {
-                Ok((mut pushed, request_bytes)) => {
-                    let rtt = started.elapsed();
-                    // Refusals the remote passes on from other reactors (they name who
-                    // refused) are about earlier batches: record them apart.
-                    let (relayed, own): (Vec<_>, Vec<_>) =
-                        pushed.refused.drain(..).partition(|r| r.by.is_some());
-                    pushed.refused = own;
-                    if let Some(peer) = session.peer()
-                        && let Err(e) = self.ctx.record_reported(peer, &relayed).await
-                    {
-                        tracing::warn!(remote = self.name(), error = %e, "could not record refusals");
+                _ = self.wake_push.notified() => {
+                    if self.draining.load(Ordering::SeqCst) {
+                        machine.drain();
                     }
-                    let outcome = if pushed.refused.is_empty() {
-                        "applied"
-                    } else {
-                        "refused"
-                    };
-                    telemetry::push_done(self.name(), n, request_bytes, outcome, rtt);
-                    self.ctx.scheduler.observe(
-                        Some(self.name()),
-                        &Signal::PushSent {
-                            ok: true,
-                            ops: n,
-                            rtt,
-                        },
-                    );
-                    self.succeeded();
-                    let delivery = if pushed.refused.is_empty() {
-                        if requeued {
-                            self.forget_dead_letter(&handle).await;
-                        }
-                        Delivery::Applied
-                    } else if self.keep_refusals(&handle, &pushed.refused, requeued).await {
-                        Delivery::DeadLettered
-                    } else {
-                        return (handle, Delivery::Stopped, requeued);
-                    };
-                    let _ = handle.advance(JobStatus::Applied);
-                    return (handle, delivery, requeued);
+                    machine.written();
                 }
-                Err(e) => e,
-            };
-            self.failed(&err);
-            self.ctx.scheduler.observe(
-                Some(self.name()),
-                &Signal::PushSent {
-                    ok: false,
-                    ops: n,
-                    rtt: started.elapsed(),
-                },
-            );
-            // A closed session is the connector's business; only failures on a live session
-            // count towards the backoff.
-            if err.kind() != ErrorKind::Closed {
-                attempts += 1;
-            }
-            if attempts > 0 && (!err.is_retryable() || policy.exhausted(attempts)) {
-                // Not a verdict on any operation: keep trying, louder.
-                if attempts.is_power_of_two() {
-                    tracing::warn!(
-                        remote = self.name(), job = %handle.id(), operations = n,
-                        attempts, error = %err,
-                        "a batch keeps failing; it is retried for as long as the remote exists"
-                    );
+                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    machine.handle_timeout(Instant::now().into_std());
                 }
-            } else {
-                tracing::debug!(remote = self.name(), error = %err, "push failed; retrying");
-            }
-            telemetry::retry(self.name(), "push");
-            let wait = policy.backoff(attempts.max(1), self.ctx.entropy.unit());
-            if !self.sleep_or_stop(wait).await {
-                return (handle, Delivery::Stopped, requeued);
             }
         }
     }
 
     /// Records the remote's refusals of operations of a batch, durably, with a dead letter
-    /// that keeps the refused operations (to requeue them); returns `false` if the remote
-    /// stopped first. Only then may the window pass the batch.
+    /// that keeps the refused operations (to requeue them); returns `false` if that could not
+    /// be stored (the machine tries again later). Only once stored may the window pass the
+    /// batch.
     pub(super) async fn keep_refusals(
         &self,
         handle: &JobHandle,
@@ -280,16 +328,9 @@ impl RemoteShared {
             attempts: 1,
             failed_at_ms: now,
         };
-        loop {
-            match self.ctx.state.put_refusals(&records, Some(&letter)).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(remote = self.name(), error = %e, "could not store refusals");
-                    if !self.sleep_or_stop(Duration::from_secs(1)).await {
-                        return false;
-                    }
-                }
-            }
+        if let Err(e) = self.ctx.state.put_refusals(&records, Some(&letter)).await {
+            tracing::warn!(remote = self.name(), error = %e, "could not store refusals; trying again");
+            return false;
         }
         if requeued {
             // What the remote took this time is no longer refused.

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::JobStatus;
 use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::filter::Filter;
+use crate::job::JobStatus;
 use crate::types::{
     Action, Branch, DocumentId, DocumentType, JobId, OpHash, OpId, Operation, Ordinal, ReactorId,
     Scope, StrandHead,
