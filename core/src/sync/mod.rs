@@ -456,16 +456,19 @@ impl SyncManager {
         remote.wake_push.notify_one();
         remote.wake_pull.notify_one();
         let mode = remote.config.mode;
-        let done = tokio::time::timeout(
-            timeout,
+        let done = tokio::time::timeout(timeout, async {
+            // The borrow `wait_for` returns holds the status lock: it is dropped here, as
+            // reading the status again under it deadlocks against a waiting writer.
             rx.wait_for(|s| {
                 (!mode.pushes() || s.outbox_cursor >= target)
                     && (!mode.pulls() || s.last_caught_up_pull > pulls_at_start)
-            }),
-        )
+            })
+            .await
+            .map(|_| ())
+        })
         .await;
         match done {
-            Ok(Ok(_)) => {
+            Ok(Ok(())) => {
                 let s = remote.status_now();
                 if s.dead_letters == 0 {
                     return Ok(());
