@@ -365,6 +365,21 @@ fn expect_error(env: Option<Envelope>, id: Option<u64>, kind: &str, what: &str) 
     }
 }
 
+/// A dialled link that stays quiet for a moment before its hello is still welcomed (a
+/// keepalive of the transport must not end a link its listener does not know yet).
+pub async fn a_quiet_link_is_welcomed(h: &dyn TransportHarness) -> Result<()> {
+    let b = h
+        .start("b", Arc::new(MemoryStore::new()), suite_config())
+        .await?;
+    let url = syncline_core::transport::parse_url(&b.url)?;
+    let mut link = h.dialer().connect(&url).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hello(&mut link, 1).await?;
+    link.sender.close();
+    b.crash().await;
+    Ok(())
+}
+
 /// Malformed frames, frames of an unknown protocol version and oversize frames each get a
 /// clear error, and the connection (or the next one) keeps working.
 pub async fn bad_frames_get_clear_errors(h: &dyn TransportHarness) -> Result<()> {
@@ -705,6 +720,7 @@ pub async fn run(h: &dyn TransportHarness) -> Result<()> {
     }
     server_restarts_mid_sync(h).await?;
     unreachable_peer_backs_off_and_recovers(h).await?;
+    a_quiet_link_is_welcomed(h).await?;
     bad_frames_get_clear_errors(h).await?;
     json_frames_are_answered_in_json(h).await?;
     Ok(())

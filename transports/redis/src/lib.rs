@@ -302,7 +302,10 @@ impl Transport for RedisTransport {
         let pinger = sender.clone();
         tokio::spawn(async move {
             let mut stream = sub.into_on_message();
-            let mut tick = tokio::time::interval(KEEPALIVE);
+            // The first keepalive waits a period: a ping before the hello reaches a listener
+            // that does not know the link yet, and it answers with a close.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
             let mut heard = Instant::now();
             loop {
                 tokio::select! {
