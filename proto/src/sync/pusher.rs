@@ -153,6 +153,24 @@ pub enum PushEffect {
     InFlight(usize),
 }
 
+impl PushEffect {
+    /// The effect's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PushEffect::ReadFeed { .. } => "read_feed",
+            PushEffect::Opened { .. } => "opened",
+            PushEffect::Send { .. } => "send",
+            PushEffect::Sent { .. } => "sent",
+            PushEffect::Failed { .. } => "failed",
+            PushEffect::Relayed(_) => "relayed",
+            PushEffect::Record { .. } => "record",
+            PushEffect::Finished { .. } => "finished",
+            PushEffect::Cursor(_) => "cursor",
+            PushEffect::InFlight(_) => "in_flight",
+        }
+    }
+}
+
 /// Where one batch is.
 #[derive(Clone, Debug)]
 enum Stage {

@@ -14,6 +14,18 @@ enum Done {
     Nothing,
 }
 
+impl Done {
+    fn name(&self) -> &'static str {
+        match self {
+            Done::Read(_) => "read",
+            Done::Answered(_, Ok(_)) => "answered",
+            Done::Answered(_, Err(_)) => "failed",
+            Done::Recorded(..) => "recorded",
+            Done::Nothing => "nothing",
+        }
+    }
+}
+
 type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
 
 /// What the pusher's driver holds: the machine's batches as job handles, the effects being
@@ -30,6 +42,11 @@ struct PushShell {
 impl PushShell {
     fn perform(&mut self, effect: PushEffect) {
         let remote = &self.remote;
+        tracing::trace!(
+            remote = remote.name(),
+            effect = effect.name(),
+            "push effect"
+        );
         match effect {
             PushEffect::ReadFeed { after, limit } => {
                 // What counts as an echo depends on who the remote is, known by now.
@@ -221,6 +238,7 @@ impl RemoteShared {
                 _ = self.until_stopped() => break,
                 Some(done) = shell.pending.next(), if !shell.pending.is_empty() => {
                     let now = Instant::now().into_std();
+                    tracing::trace!(remote = self.name(), done = done.name(), pending = shell.pending.len(), "push input");
                     match done {
                         Done::Read(Ok(page)) => {
                             let entropy = &self.ctx.entropy;
@@ -243,6 +261,7 @@ impl RemoteShared {
                     l.stopped || l.session.as_ref().filter(|s| !s.is_closed()).map(Session::id) != known
                 }) => {
                     shell.session = link.session.filter(|s| !s.is_closed());
+                    tracing::trace!(remote = self.name(), session = ?shell.session.as_ref().map(Session::id), "push link");
                     match shell.session {
                         Some(_) => machine.connected(Instant::now().into_std()),
                         None => machine.disconnected(),
@@ -259,12 +278,14 @@ impl RemoteShared {
                     machine.requeue(Instant::now().into_std(), id, ops, letter.range);
                 }
                 _ = self.wake_push.notified() => {
+                    tracing::trace!(remote = self.name(), in_flight = machine.in_flight(), "push woken");
                     if self.draining.load(Ordering::SeqCst) {
                         machine.drain();
                     }
                     machine.written();
                 }
                 () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    tracing::trace!(remote = self.name(), "push timer");
                     machine.handle_timeout(Instant::now().into_std());
                 }
             }
