@@ -85,8 +85,6 @@ pub enum PushEffect {
         range: (Ordinal, Ordinal),
         /// Its operations.
         ops: Vec<Arc<Operation>>,
-        /// Whether it is a dead letter sent again.
-        requeued: bool,
     },
     /// Send the batch's request on the live session and call [`Pusher::answered`].
     Send {
@@ -526,12 +524,8 @@ impl Pusher {
                 stage: Stage::Queued,
             },
         );
-        self.effects.push_back(PushEffect::Opened {
-            job,
-            range,
-            ops,
-            requeued,
-        });
+        self.effects
+            .push_back(PushEffect::Opened { job, range, ops });
         self.report_in_flight();
         self.send(job, now);
     }
@@ -589,3 +583,7 @@ impl Pusher {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "pusher_tests.rs"]
+mod tests;

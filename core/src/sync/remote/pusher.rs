@@ -61,12 +61,7 @@ impl PushShell {
                     Done::Read(store.read_since(after, limit, &filter).await)
                 }));
             }
-            PushEffect::Opened {
-                job,
-                range,
-                ops,
-                requeued: _,
-            } => {
+            PushEffect::Opened { job, range, ops } => {
                 let handle = JobHandle::new(job, ops, range);
                 remote.channel.outbox.push(handle.clone());
                 self.handles.insert(job, handle);
