@@ -12,20 +12,7 @@ use parking_lot::Mutex;
 
 use crate::retry::RetryPolicy;
 
-/// What one pull did.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct PullReport {
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// Operations received.
-    pub ops: usize,
-    /// Bytes of the response.
-    pub bytes: usize,
-    /// Whether the responder has more.
-    pub has_more: bool,
-    /// Round-trip time of the request (zero when unknown, e.g. for a long poll).
-    pub rtt: Duration,
-}
+pub use syncline_proto::sync::puller::PullReport;
 
 /// Something the scheduler may want to know between pulls.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -18,7 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -45,7 +45,7 @@ use crate::protocol::{
     Register, Request, Response, StrandUpdate,
 };
 use crate::queue::JobKind;
-use crate::scheduler::{PullReport, Signal};
+use crate::scheduler::Signal;
 use crate::session::{Session, SessionHandler};
 use crate::telemetry;
 use crate::transport::parse_url;
@@ -130,11 +130,7 @@ pub(crate) struct RemoteShared {
     /// Dead letters being sent again, so that one is never delivered twice at once.
     requeued: Mutex<std::collections::BTreeSet<String>>,
     draining: AtomicBool,
-    inbox_cursor: AtomicU64,
     piggy: Mutex<VecDeque<Piggy>>,
-    /// Refusals of pulled operations not yet reported to the remote (they ride on the next
-    /// acknowledgement that goes through).
-    unreported: Mutex<Vec<Refusal>>,
 }
 
 impl fmt::Debug for RemoteShared {
@@ -215,9 +211,7 @@ impl RemoteShared {
             requeue_tx,
             requeued: Mutex::new(std::collections::BTreeSet::new()),
             draining: AtomicBool::new(false),
-            inbox_cursor: AtomicU64::new(inbox.0),
             piggy: Mutex::new(VecDeque::new()),
-            unreported: Mutex::new(Vec::new()),
             config,
         });
         {

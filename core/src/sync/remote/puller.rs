@@ -1,72 +1,245 @@
-//! The puller: registers a listener, pulls on the scheduler's interval (or holds a long poll),
-//! applies what it receives and acknowledges it.
+//! The puller's shell: drives the puller machine (`syncline_proto::sync::puller`) over the
+//! remote's session, the apply queue and the scheduler.
 
 use super::*;
 
-impl RemoteShared {
-    pub(super) async fn pull_loop(self: Arc<Self>) {
-        let mut hold = Duration::ZERO;
-        loop {
-            let Some(session) = self.wait_session().await else {
-                return;
-            };
-            let report = match self.pull_once(&session, hold).await {
-                Ok(report) => report,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    // The responder forgot our listener (its store was reset): register again.
-                    tracing::info!(remote = self.name(), error = %e, "registering again");
-                    self.record.lock().listener_id = None;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(remote = self.name(), error = %e, "pull failed");
-                    self.failed(&e);
-                    telemetry::pull_done(self.name(), 0, 0, false, Duration::ZERO);
-                    if e.is_retryable() {
-                        telemetry::retry(self.name(), "pull");
-                    }
-                    PullReport::default()
-                }
-            };
-            let wait = self
-                .ctx
-                .scheduler
-                .next_pull(self.name(), &report, self.ctx.entropy.unit());
-            let ms = wait.as_millis() as u64;
-            self.status.send_if_modified(|s| {
-                let changed = s.pull_interval_ms != ms;
-                s.pull_interval_ms = ms;
-                changed
-            });
-            telemetry::pull_interval(self.name(), wait);
-            // An idle remote on a link without pokes: pull at once and let the responder hold
-            // the pull open for the wait instead, so a write meanwhile arrives at once.
-            hold = if self.ctx.config.long_poll
-                && !session.info().duplex
-                && report.ok
-                && self.ctx.scheduler.idle(self.name())
-            {
-                wait.min(self.ctx.config.max_pull_wait)
-            } else {
-                Duration::ZERO
-            };
-            if wait.is_zero() || !hold.is_zero() {
-                continue;
+use syncline_proto::sync::puller::{PullEffect, Pulled, Puller, PullerConfig};
+
+/// What an effect the shell performed gave back.
+enum Done {
+    Registered(Result<String>),
+    Answered(Result<(Pulled, ReactorId)>),
+    Applied(PullJobHandle, Result<()>),
+    Acked(bool),
+}
+
+impl Done {
+    fn name(&self) -> &'static str {
+        match self {
+            Done::Registered(_) => "registered",
+            Done::Answered(_) => "answered",
+            Done::Applied(..) => "applied",
+            Done::Acked(_) => "acked",
+        }
+    }
+}
+
+type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
+
+/// What the puller's driver holds: the effect being performed (one at a time), the session the
+/// machine was last told about, the peer that answered the last pull, and the sequence number
+/// of the pull under way.
+struct PullShell {
+    remote: Arc<RemoteShared>,
+    pending: Pending,
+    session: Option<Session>,
+    peer: Option<ReactorId>,
+    seq: u64,
+}
+
+impl PullShell {
+    fn perform(&mut self, machine: &mut Puller, effect: PullEffect) {
+        let remote = &self.remote;
+        tracing::trace!(
+            remote = remote.name(),
+            effect = effect.name(),
+            "pull effect"
+        );
+        let session = self.session.clone();
+        match effect {
+            PullEffect::Register { since } => {
+                let remote = remote.clone();
+                self.pending.push(Box::pin(async move {
+                    Done::Registered(remote.register(session, since).await)
+                }));
             }
+            PullEffect::ForgetListener { error } => {
+                tracing::info!(remote = remote.name(), error = %error, "registering again");
+                remote.record.lock().listener_id = None;
+            }
+            PullEffect::Pull {
+                listener,
+                cursor,
+                limit,
+                hold,
+            } => {
+                let mut seq = 0;
+                remote.status.send_modify(|s| {
+                    s.pulls += 1;
+                    seq = s.pulls;
+                });
+                self.seq = seq;
+                let remote = remote.clone();
+                self.pending.push(Box::pin(async move {
+                    Done::Answered(remote.pull(session, listener, cursor, limit, hold).await)
+                }));
+            }
+            PullEffect::Apply { ops, range } => {
+                let remote = remote.clone();
+                let handle = PullJobHandle::new(remote.ctx.entropy.job_id(), ops.clone(), range);
+                let _ = handle.started();
+                let _ = handle.transported();
+                remote.channel.inbox.push(handle.clone());
+                let source = self.peer.clone();
+                self.pending.push(Box::pin(async move {
+                    let applied = remote.apply(source, &handle, ops, range.1).await;
+                    Done::Applied(handle, applied)
+                }));
+            }
+            PullEffect::Pulled {
+                cursor,
+                head,
+                has_more,
+                ops,
+                bytes,
+                rtt,
+            } => {
+                telemetry::pull_done(remote.name(), ops, bytes, true, rtt);
+                let now = remote.ctx.now_ms();
+                let seq = self.seq;
+                remote.status.send_modify(|s| {
+                    s.inbox_cursor = cursor;
+                    s.inbox_lag = head.0.saturating_sub(cursor.0);
+                    if !has_more {
+                        s.last_caught_up_pull = seq;
+                    }
+                    s.last_success_ms = Some(now);
+                });
+                remote.report_lag();
+            }
+            PullEffect::Ack {
+                listener,
+                cursor,
+                refused,
+            } => {
+                let remote = remote.clone();
+                self.pending.push(Box::pin(async move {
+                    let ack = Request::Ack(Ack {
+                        listener_id: listener,
+                        cursor,
+                        refused,
+                    });
+                    let timeout = remote.ctx.config.request_timeout;
+                    let sent = match session {
+                        Some(s) => s.request(&ack, timeout).await.map(|_| ()),
+                        None => Err(Error::closed("the session closed")),
+                    };
+                    if let Err(e) = &sent {
+                        tracing::debug!(remote = remote.name(), error = %e, "ack failed");
+                    }
+                    Done::Acked(sent.is_ok())
+                }));
+            }
+            PullEffect::Failed { error } => {
+                tracing::debug!(remote = remote.name(), error = %error, "pull failed");
+                remote.failed(&error);
+                telemetry::pull_done(remote.name(), 0, 0, false, Duration::ZERO);
+                if error.is_retryable() {
+                    telemetry::retry(remote.name(), "pull");
+                }
+            }
+            PullEffect::Schedule(report) => {
+                let scheduler = &remote.ctx.scheduler;
+                let wait = scheduler.next_pull(remote.name(), &report, remote.ctx.entropy.unit());
+                let ms = wait.as_millis() as u64;
+                remote.status.send_if_modified(|s| {
+                    let changed = s.pull_interval_ms != ms;
+                    s.pull_interval_ms = ms;
+                    changed
+                });
+                telemetry::pull_interval(remote.name(), wait);
+                let idle = scheduler.idle(remote.name());
+                machine.scheduled(Instant::now().into_std(), wait, idle);
+            }
+        }
+    }
+}
+
+impl RemoteShared {
+    /// Drives the puller machine: performs its effects, feeds it what they returned, the
+    /// session's comings and goings, pokes and its timer.
+    pub(super) async fn pull_loop(self: Arc<Self>) {
+        let cfg = &self.ctx.config;
+        let config = PullerConfig {
+            limit: cfg.pull_batch_ops as u32,
+            long_poll: cfg.long_poll,
+            max_wait: cfg.max_pull_wait,
+        };
+        let cursor = self.status.borrow().inbox_cursor;
+        let listener = self.record.lock().listener_id.clone();
+        let mut machine = Puller::new(config, cursor, listener);
+        let mut shell = PullShell {
+            remote: self.clone(),
+            pending: FuturesUnordered::new(),
+            session: None,
+            peer: None,
+            seq: 0,
+        };
+        loop {
+            while let Some(effect) = machine.poll_effect() {
+                shell.perform(&mut machine, effect);
+            }
+            let deadline = machine.poll_timeout().map(Instant::from_std);
+            let known = shell.session.as_ref().map(Session::id);
             tokio::select! {
                 biased;
-                _ = self.until_stopped() => return,
-                _ = self.wake_pull.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.until_stopped() => break,
+                Some(done) = shell.pending.next(), if !shell.pending.is_empty() => {
+                    tracing::trace!(remote = self.name(), done = done.name(), "pull input");
+                    let now = Instant::now().into_std();
+                    match done {
+                        Done::Registered(r) => machine.registered(now, r),
+                        Done::Answered(r) => {
+                            let r = r.map(|(pulled, peer)| {
+                                shell.peer = Some(peer);
+                                pulled
+                            });
+                            self.add_relayed(&mut machine, shell.peer.as_ref());
+                            machine.answered(now, r);
+                        }
+                        Done::Applied(handle, r) => {
+                            match &r {
+                                Ok(()) => {
+                                    let _ = handle.executed();
+                                }
+                                Err(e) => handle.failed(e.clone()),
+                            }
+                            self.channel.inbox.remove(&handle);
+                            self.add_relayed(&mut machine, shell.peer.as_ref());
+                            machine.applied(r);
+                        }
+                        Done::Acked(ok) => machine.acked(ok),
+                    }
+                }
+                link = self.link.wait_until(|l| {
+                    l.stopped || l.session.as_ref().filter(|s| !s.is_closed()).map(Session::id) != known
+                }) => {
+                    shell.session = link.session.filter(|s| !s.is_closed());
+                    match &shell.session {
+                        Some(s) => machine.connected(Instant::now().into_std(), s.info().duplex),
+                        None => machine.disconnected(),
+                    }
+                }
+                _ = self.wake_pull.notified() => machine.woken(Instant::now().into_std()),
+                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    machine.handle_timeout(Instant::now().into_std());
+                }
             }
         }
     }
 
-    pub(super) async fn ensure_listener(&self, session: &Session) -> Result<String> {
-        if let Some(id) = self.record.lock().listener_id.clone() {
-            return Ok(id);
+    /// Refusals others reported of operations this remote sent us travel back with the next
+    /// acknowledgement.
+    fn add_relayed(&self, machine: &mut Puller, peer: Option<&ReactorId>) {
+        if let Some(peer) = peer {
+            machine.report(self.ctx.take_relayed(peer));
         }
-        let since = Ordinal(self.inbox_cursor.load(Ordering::SeqCst));
+    }
+
+    /// Registers a listener on the remote after `since` and keeps its id with the remote's
+    /// record.
+    async fn register(&self, session: Option<Session>, since: Ordinal) -> Result<String> {
+        let session = session.ok_or_else(|| Error::closed("the session closed"))?;
         let request = Request::Register(Register {
             filter: self.config.filter.clone(),
             since,
@@ -86,40 +259,41 @@ impl RemoteShared {
         Ok(registered.listener_id)
     }
 
-    pub(super) async fn pull_once(&self, session: &Session, hold: Duration) -> Result<PullReport> {
-        let listener_id = self.ensure_listener(session).await?;
+    /// Sends one pull (carrying a waiting push when it piggybacks), records the refusals the
+    /// remote reports, and checks the operations it brought.
+    async fn pull(
+        &self,
+        session: Option<Session>,
+        listener_id: String,
+        cursor: Ordinal,
+        limit: u32,
+        hold: Duration,
+    ) -> Result<(Pulled, ReactorId)> {
+        let session = session.ok_or_else(|| Error::closed("the session closed"))?;
         let peer = session
             .peer()
             .cloned()
             .ok_or_else(|| Error::internal("a welcomed session has no peer"))?;
-        let cursor = Ordinal(self.inbox_cursor.load(Ordering::SeqCst));
-        let mut seq = 0;
-        self.status.send_modify(|s| {
-            s.pulls += 1;
-            seq = s.pulls;
-        });
-        let timeout = self.ctx.config.request_timeout;
-        let started = Instant::now();
-        let mut piggy = TakenPiggy(if self.piggybacks_on(session) {
+        let mut piggy = TakenPiggy(if self.piggybacks_on(&session) {
             self.piggy.lock().pop_front()
         } else {
             None
         });
         let request = Request::Pull(Pull {
-            listener_id: listener_id.clone(),
+            listener_id,
             cursor,
-            limit: self.ctx.config.pull_batch_ops as u32,
+            limit,
             push: piggy.0.as_ref().map(|p| p.push.clone()),
             wait_ms: hold.as_millis().min(u128::from(u32::MAX)) as u32,
         });
-        let reply = match session.request(&request, timeout + hold).await {
+        let timeout = self.ctx.config.request_timeout + hold;
+        let reply = match session.request(&request, timeout).await {
             Ok(r) => r,
             Err(e) => {
                 piggy.answer(Err(e.clone()));
                 return Err(e);
             }
         };
-        let rtt = started.elapsed();
         let Response::Pulled(mut pulled) = reply.response else {
             return Err(unexpected("pull", &reply.response));
         };
@@ -135,99 +309,46 @@ impl RemoteShared {
         if let Err(e) = self.ctx.record_reported(&peer, &pulled.refused).await {
             tracing::warn!(remote = self.name(), error = %e, "could not record refusals");
         }
-        if pulled.cursor < cursor {
-            return Err(Error::malformed(format!(
-                "remote {} moved the cursor back from {cursor} to {}",
-                self.name(),
-                pulled.cursor
-            )));
-        }
         let ops = StrandUpdate::into_operations(pulled.strands);
-        let n = ops.len();
-        let Verdicts {
-            accepted: ops,
-            refused,
-        } = self.ctx.verify_incoming(ops, &peer, false)?;
-        // Refused operations are passed like applied ones (the verdict is permanent) and
-        // reported to the remote with the acknowledgement.
-        self.unreported.lock().extend(refused);
-        let handle = PullJobHandle::new(
-            self.ctx.entropy.job_id(),
-            ops.clone(),
-            (cursor, pulled.cursor),
-        );
-        let _ = handle.started();
-        let _ = handle.transported();
-        self.channel.inbox.push(handle.clone());
-        let applied = async {
-            if pulled.cursor > cursor {
-                let ticket = self
-                    .ctx
-                    .queue
-                    .enqueue(
-                        handle.id(),
-                        JobKind::Apply {
-                            ops,
-                            source: peer.clone(),
-                            meta: vec![SyncState::cursor_write(
-                                &self.config.name,
-                                Direction::Inbox,
-                                pulled.cursor,
-                            )],
-                        },
-                    )
-                    .await?;
-                ticket.wait().await?;
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = applied {
-            handle.failed(e.clone());
-            self.channel.inbox.remove(&handle);
-            return Err(e);
-        }
-        let _ = handle.executed();
-        self.channel.inbox.remove(&handle);
-        self.inbox_cursor.store(pulled.cursor.0, Ordering::SeqCst);
-        telemetry::pull_done(self.name(), n, reply.response_bytes, true, rtt);
-        let now = self.ctx.now_ms();
-        self.status.send_modify(|s| {
-            s.inbox_cursor = pulled.cursor;
-            s.inbox_lag = pulled.head.0.saturating_sub(pulled.cursor.0);
-            if !pulled.has_more {
-                s.last_caught_up_pull = seq;
-            }
-            s.last_success_ms = Some(now);
-        });
-        self.report_lag();
-        // Refusals others reported of operations this remote sent us travel back with the
-        // acknowledgement.
-        self.unreported.lock().extend(self.ctx.take_relayed(&peer));
-        if pulled.cursor > cursor || !self.unreported.lock().is_empty() {
-            // Seed 004's acknowledgeStrands: tell the responder how far we durably applied, and
-            // which operations we (or reactors after us) refused.
-            let refused = std::mem::take(&mut *self.unreported.lock());
-            let ack = Request::Ack(Ack {
-                listener_id,
-                cursor: pulled.cursor,
-                refused: refused.clone(),
-            });
-            if let Err(e) = session.request(&ack, timeout).await {
-                tracing::debug!(remote = self.name(), error = %e, "ack failed");
-                let mut u = self.unreported.lock();
-                let mut again = refused;
-                again.append(&mut u);
-                *u = again;
-            }
-        }
-        Ok(PullReport {
-            ok: true,
-            ops: n,
-            bytes: reply.response_bytes,
+        let received = ops.len();
+        let Verdicts { accepted, refused } = self.ctx.verify_incoming(ops, &peer, false)?;
+        let pulled = Pulled {
+            cursor: pulled.cursor,
+            head: pulled.head,
             has_more: pulled.has_more,
-            // A held pull's time is mostly waiting, not the network: report it as unknown.
-            rtt: if hold.is_zero() { rtt } else { Duration::ZERO },
-        })
+            ops: accepted,
+            received,
+            refused,
+            bytes: reply.response_bytes,
+        };
+        Ok((pulled, peer))
+    }
+
+    /// Applies pulled operations and the new inbox cursor in one commit.
+    async fn apply(
+        &self,
+        source: Option<ReactorId>,
+        handle: &PullJobHandle,
+        ops: Vec<Arc<Operation>>,
+        to: Ordinal,
+    ) -> Result<()> {
+        let source = source.ok_or_else(|| Error::internal("operations pulled from nobody"))?;
+        let ticket = self
+            .ctx
+            .queue
+            .enqueue(
+                handle.id(),
+                JobKind::Apply {
+                    ops,
+                    source,
+                    meta: vec![SyncState::cursor_write(
+                        &self.config.name,
+                        Direction::Inbox,
+                        to,
+                    )],
+                },
+            )
+            .await?;
+        ticket.wait().await.map(|_| ())
     }
 }
