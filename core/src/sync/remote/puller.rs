@@ -35,6 +35,9 @@ struct PullShell {
     session: Option<Session>,
     peer: Option<ReactorId>,
     seq: u64,
+    /// The job id of the answered pull's apply, drawn when the answer arrives (one per
+    /// answered pull, applied or not, which keeps the order of the seeded draws).
+    job: Option<JobId>,
 }
 
 impl PullShell {
@@ -76,7 +79,11 @@ impl PullShell {
             }
             PullEffect::Apply { ops, range } => {
                 let remote = remote.clone();
-                let handle = PullJobHandle::new(remote.ctx.entropy.job_id(), ops.clone(), range);
+                let job = self
+                    .job
+                    .take()
+                    .unwrap_or_else(|| remote.ctx.entropy.job_id());
+                let handle = PullJobHandle::new(job, ops.clone(), range);
                 let _ = handle.started();
                 let _ = handle.transported();
                 remote.channel.inbox.push(handle.clone());
@@ -174,6 +181,7 @@ impl RemoteShared {
             session: None,
             peer: None,
             seq: 0,
+            job: None,
         };
         loop {
             while let Some(effect) = machine.poll_effect() {
@@ -192,6 +200,7 @@ impl RemoteShared {
                         Done::Answered(r) => {
                             let r = r.map(|(pulled, peer)| {
                                 shell.peer = Some(peer);
+                                shell.job = Some(self.ctx.entropy.job_id());
                                 pulled
                             });
                             self.add_relayed(&mut machine, shell.peer.as_ref());
