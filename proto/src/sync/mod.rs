@@ -7,6 +7,7 @@
 //! the driver calls it back then. Randomness (the jitter of a backoff) and fresh ids come in as
 //! arguments too, so the same inputs always give the same effects.
 
+pub mod connector;
 pub mod puller;
 pub mod pusher;
 pub mod window;

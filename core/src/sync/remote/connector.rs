@@ -1,73 +1,137 @@
-//! The connector: dials (or adopts the peer's connection), says hello, learns the peer, and
-//! redials with backoff when the session closes.
+//! The connector's shell: drives the connector machine (`syncline_proto::sync::connector`):
+//! dials (or adopts the peer's connection) and says hello, stores the peer the first time, and
+//! publishes the live session to the pusher and puller.
 
 use super::*;
 
+use syncline_proto::sync::connector::{ConnectEffect, Connector};
+
+/// What an effect the shell performed gave back.
+enum Done {
+    Dialed(Result<(Session, ReactorId)>),
+    Saved(Result<()>),
+}
+
 impl RemoteShared {
+    /// Drives the connector machine until the remote stops.
     pub(super) async fn connect_loop(self: Arc<Self>) {
-        let mut failures = 0u32;
+        let names = (self.config.name.to_string(), self.url.to_string());
+        let mut machine = Connector::new(
+            self.ctx.config.reconnect,
+            self.ctx.reactor.clone(),
+            names,
+            self.peer(),
+        );
+        let adopts = self.url.scheme() == super::super::PEER_SCHEME;
+        let mut pending: FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>> =
+            FuturesUnordered::new();
+        // The session being dialled, then the live one.
+        let mut dialled: Option<Session> = None;
+        let mut live: Option<Session> = None;
         loop {
+            while let Some(effect) = machine.poll_effect() {
+                tracing::trace!(
+                    remote = self.name(),
+                    effect = effect.name(),
+                    "connect effect"
+                );
+                match effect {
+                    ConnectEffect::Dial => {
+                        self.status
+                            .send_modify(|s| s.connection = ConnectionState::Connecting);
+                        let remote = self.clone();
+                        pending.push(Box::pin(async move { Done::Dialed(remote.dial().await) }));
+                    }
+                    ConnectEffect::SavePeer(peer) => {
+                        let remote = self.clone();
+                        pending.push(Box::pin(async move {
+                            Done::Saved(remote.learn_peer(peer).await)
+                        }));
+                    }
+                    ConnectEffect::Close => {
+                        // An adopted session is the peer's: it stays open.
+                        if let Some(s) = dialled.take()
+                            && !adopts
+                        {
+                            s.close();
+                        }
+                    }
+                    ConnectEffect::Connected { peer } => {
+                        let Some(session) = dialled.take() else {
+                            continue;
+                        };
+                        telemetry::connected(self.name(), true);
+                        self.status.send_modify(|s| {
+                            s.connection = ConnectionState::Connected;
+                            s.peer = Some(peer);
+                        });
+                        tracing::debug!(remote = self.name(), url = %self.url, "connected");
+                        self.link.update(|l| l.session = Some(session.clone()));
+                        self.wake_push.notify_one();
+                        self.wake_pull.notify_one();
+                        live = Some(session);
+                    }
+                    ConnectEffect::Disconnected => {
+                        if let Some(s) = live.take() {
+                            s.close();
+                        }
+                        self.link.update(|l| l.session = None);
+                        telemetry::connected(self.name(), false);
+                        tracing::debug!(remote = self.name(), "disconnected");
+                    }
+                    ConnectEffect::Failed {
+                        error,
+                        attempt,
+                        retry_in,
+                        loud,
+                    } => {
+                        if loud {
+                            tracing::info!(
+                                remote = self.name(), url = %self.url, attempt, error = %error,
+                                "cannot connect; retrying in {} ms", retry_in.as_millis()
+                            );
+                        }
+                        self.failed(&error);
+                        self.status.send_modify(|s| {
+                            s.connection = ConnectionState::Backoff {
+                                attempt,
+                                retry_in_ms: retry_in.as_millis() as u64,
+                                error: error.to_string(),
+                            }
+                        });
+                    }
+                    ConnectEffect::Stopped => {}
+                }
+            }
             if self.stopped() {
                 break;
             }
-            self.status
-                .send_modify(|s| s.connection = ConnectionState::Connecting);
-            let wait = match self.dial().await {
-                Ok(session) => {
-                    failures = 0;
-                    telemetry::connected(self.name(), true);
-                    let peer = session.peer().cloned();
-                    self.status.send_modify(|s| {
-                        s.connection = ConnectionState::Connected;
-                        s.peer = peer;
-                    });
-                    tracing::debug!(remote = self.name(), url = %self.url, "connected");
-                    self.link.update(|l| l.session = Some(session.clone()));
-                    self.wake_push.notify_one();
-                    self.wake_pull.notify_one();
-                    tokio::select! {
-                        biased;
-                        _ = self.until_stopped() => {
-                            session.close();
-                            break;
-                        }
-                        _ = session.closed() => {}
-                    }
-                    self.link.update(|l| l.session = None);
-                    telemetry::connected(self.name(), false);
-                    tracing::debug!(remote = self.name(), "disconnected");
-                    // A peer that accepts and drops at once is not redialled in a tight loop.
-                    self.ctx
-                        .config
-                        .reconnect
-                        .backoff(1, self.ctx.entropy.unit())
+            let deadline = machine.poll_timeout().map(Instant::from_std);
+            let entropy = &self.ctx.entropy;
+            tokio::select! {
+                biased;
+                _ = self.until_stopped() => {
+                    machine.stop();
                 }
-                Err(e) => {
-                    failures += 1;
-                    let wait = self
-                        .ctx
-                        .config
-                        .reconnect
-                        .backoff(failures, self.ctx.entropy.unit());
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::info!(
-                            remote = self.name(), url = %self.url, attempt = failures,
-                            error = %e, "cannot connect; retrying in {} ms", wait.as_millis()
-                        );
-                    }
-                    self.failed(&e);
-                    self.status.send_modify(|s| {
-                        s.connection = ConnectionState::Backoff {
-                            attempt: failures,
-                            retry_in_ms: wait.as_millis() as u64,
-                            error: e.to_string(),
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    let now = Instant::now().into_std();
+                    match done {
+                        Done::Dialed(r) => {
+                            let r = r.map(|(session, peer)| {
+                                dialled = Some(session);
+                                peer
+                            });
+                            machine.dialed(now, r, || entropy.unit());
                         }
-                    });
-                    wait
+                        Done::Saved(r) => machine.saved(now, r, || entropy.unit()),
+                    }
                 }
-            };
-            if !self.sleep_or_stop(wait).await {
-                break;
+                _ = async { live.as_ref().expect("guarded").closed().await }, if live.is_some() => {
+                    machine.closed(Instant::now().into_std(), || entropy.unit());
+                }
+                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    machine.handle_timeout(Instant::now().into_std());
+                }
             }
         }
         self.link.update(|l| l.session = None);
@@ -77,7 +141,7 @@ impl RemoteShared {
 
     /// Waits for the peer to connect to us (a `peer://` remote): its welcomed, duplex session
     /// becomes this remote's session.
-    pub(super) async fn adopt(self: &Arc<Self>) -> Result<Session> {
+    pub(super) async fn adopt(self: &Arc<Self>) -> Result<(Session, ReactorId)> {
         let peer = ReactorId::new(self.url.host_str().unwrap_or_default()).map_err(|e| {
             Error::invalid(format!(
                 "remote {}: {} must name a reactor id: {}",
@@ -97,11 +161,12 @@ impl RemoteShared {
             .get(&peer)
             .cloned();
         let session = found.ok_or_else(|| Error::internal("an adopted session vanished"))?;
-        self.learn_peer(peer).await?;
-        Ok(session)
+        Ok((session, peer))
     }
 
-    pub(super) async fn dial(self: &Arc<Self>) -> Result<Session> {
+    /// Dials the remote and says hello; returns the session and who answered (the machine
+    /// checks who that may be).
+    pub(super) async fn dial(self: &Arc<Self>) -> Result<(Session, ReactorId)> {
         if self.url.scheme() == super::super::PEER_SCHEME {
             return self.adopt().await;
         }
@@ -135,19 +200,12 @@ impl RemoteShared {
             let Response::Welcome(welcome) = reply.response else {
                 return Err(unexpected("hello", &reply.response));
             };
-            if welcome.reactor_id == self.ctx.reactor {
-                return Err(Error::invalid(format!(
-                    "remote {} at {} is this reactor itself",
-                    self.name(),
-                    self.url
-                )));
-            }
             session.set_peer(welcome.reactor_id.clone())?;
-            self.learn_peer(welcome.reactor_id).await
+            Ok(welcome.reactor_id)
         }
         .await;
         match result {
-            Ok(()) => Ok(session),
+            Ok(peer) => Ok((session, peer)),
             Err(e) => {
                 session.close();
                 Err(e)
@@ -155,23 +213,17 @@ impl RemoteShared {
         }
     }
 
-    pub(super) async fn learn_peer(&self, peer: ReactorId) -> Result<()> {
+    /// Stores who the remote is, learnt at its first welcome.
+    async fn learn_peer(&self, peer: ReactorId) -> Result<()> {
         let record = {
             let mut r = self.record.lock();
-            match &r.peer {
-                Some(known) if *known == peer => return Ok(()),
-                Some(known) => {
-                    return Err(Error::invalid(format!(
-                        "remote {} used to be reactor {known} but now answers as {peer}; its \
-                         cursors do not apply to another reactor: remove and add the remote \
-                         again to start over",
-                        self.name()
-                    )));
-                }
-                None => r.peer = Some(peer),
-            }
+            r.peer = Some(peer);
             r.clone()
         };
-        self.ctx.state.put_remote(&record).await
+        let stored = self.ctx.state.put_remote(&record).await;
+        if stored.is_err() {
+            self.record.lock().peer = None;
+        }
+        stored
     }
 }

@@ -377,18 +377,6 @@ impl RemoteShared {
         self.link.wait_until(|l| l.stopped).await;
     }
 
-    /// Sleeps, returning `false` if stopped first.
-    async fn sleep_or_stop(&self, wait: Duration) -> bool {
-        if self.stopped() {
-            return false;
-        }
-        tokio::select! {
-            biased;
-            _ = self.until_stopped() => false,
-            _ = tokio::time::sleep(wait) => true,
-        }
-    }
-
     fn succeeded(&self) {
         let now = self.ctx.now_ms();
         self.status.send_modify(|s| s.last_success_ms = Some(now));
