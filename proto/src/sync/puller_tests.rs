@@ -22,6 +22,14 @@ fn machine(listener: Option<&str>) -> (Puller, Instant) {
     )
 }
 
+/// A machine with listener `l1` whose first pull is out.
+fn pulling() -> (Puller, Instant) {
+    let (mut p, now) = machine(Some("l1"));
+    p.connected(now, true);
+    effects(&mut p);
+    (p, now)
+}
+
 fn effects(p: &mut Puller) -> Vec<PullEffect> {
     std::iter::from_fn(|| p.poll_effect()).collect()
 }
@@ -73,9 +81,7 @@ fn it_registers_once_then_pulls_after_its_cursor() {
 
 #[test]
 fn a_pull_with_operations_applies_then_acknowledges_then_schedules() {
-    let (mut p, now) = machine(Some("l1"));
-    p.connected(now, true);
-    effects(&mut p);
+    let (mut p, now) = pulling();
     p.answered(now + Duration::from_millis(7), Ok(pulled(15, 5, true)));
     let e = effects(&mut p);
     assert!(matches!(
@@ -110,9 +116,7 @@ fn a_pull_with_operations_applies_then_acknowledges_then_schedules() {
 
 #[test]
 fn an_empty_pull_is_not_acknowledged_and_waits_for_the_scheduler() {
-    let (mut p, now) = machine(Some("l1"));
-    p.connected(now, true);
-    effects(&mut p);
+    let (mut p, now) = pulling();
     p.answered(now, Ok(pulled(10, 0, false)));
     assert_eq!(names(&effects(&mut p)), ["pulled", "schedule"]);
     p.scheduled(now, Duration::from_secs(2), true);
@@ -153,9 +157,7 @@ fn an_idle_remote_without_pokes_is_long_polled() {
 
 #[test]
 fn a_wake_pulls_now_or_right_after_the_pull_under_way() {
-    let (mut p, now) = machine(Some("l1"));
-    p.connected(now, true);
-    effects(&mut p);
+    let (mut p, now) = pulling();
     p.woken(now);
     assert!(effects(&mut p).is_empty(), "one pull at a time");
     p.answered(now, Ok(pulled(10, 0, false)));
@@ -205,9 +207,7 @@ fn failures_are_reported_and_scheduled_like_any_pull() {
 
 #[test]
 fn a_failed_apply_keeps_the_cursor() {
-    let (mut p, now) = machine(Some("l1"));
-    p.connected(now, true);
-    effects(&mut p);
+    let (mut p, now) = pulling();
     p.answered(now, Ok(pulled(12, 2, false)));
     effects(&mut p);
     p.applied(Err(Error::new(ErrorKind::Storage, "disk full")));
@@ -217,9 +217,7 @@ fn a_failed_apply_keeps_the_cursor() {
 
 #[test]
 fn refusals_ride_on_the_next_ack_that_goes_through() {
-    let (mut p, now) = machine(Some("l1"));
-    p.connected(now, true);
-    effects(&mut p);
+    let (mut p, now) = pulling();
     let mut answer = pulled(12, 1, false);
     answer.received = 2;
     answer.refused = vec![refusal(1)];

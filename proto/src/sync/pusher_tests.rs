@@ -80,6 +80,13 @@ impl Rig {
         });
     }
 
+    /// A session comes up; returns what followed.
+    fn connect(&mut self) -> Vec<PushEffect> {
+        let now = self.now;
+        self.p.connected(now);
+        self.step()
+    }
+
     fn step(&mut self) -> Vec<PushEffect> {
         let e = self.effects();
         self.settle(e)
@@ -149,9 +156,7 @@ fn has(effects: &[PushEffect], name: &str) -> bool {
 fn an_unknown_peer_is_not_read_for_until_connected() {
     let mut r = Rig::new(3, 10, 4, false);
     assert!(r.step().is_empty(), "nothing before the peer is known");
-    let now = r.now;
-    r.p.connected(now);
-    let e = r.step();
+    let e = r.connect();
     assert_eq!(sends(&e), vec![job(1)]);
     assert!(has(&e, "opened"));
     assert_eq!(r.p.in_flight(), 1);
@@ -163,17 +168,13 @@ fn batches_wait_for_a_session_and_are_sent_when_it_comes() {
     let e = r.step();
     assert!(sends(&e).is_empty(), "no session: nothing sent");
     assert_eq!(r.p.in_flight(), 3, "batches of 2, 2 and 1 are opened");
-    let now = r.now;
-    r.p.connected(now);
-    assert_eq!(sends(&r.step()), vec![job(1), job(2), job(3)]);
+    assert_eq!(sends(&r.connect()), vec![job(1), job(2), job(3)]);
 }
 
 #[test]
 fn the_window_bounds_batches_in_flight() {
     let mut r = Rig::new(10, 1, 3, true);
-    let now = r.now;
-    r.p.connected(now);
-    let e = r.step();
+    let e = r.connect();
     assert_eq!(sends(&e).len(), 3);
     assert!(!r.p.has_room());
     // One answered: one more is read and sent.
@@ -186,9 +187,7 @@ fn the_window_bounds_batches_in_flight() {
 #[test]
 fn the_cursor_moves_only_over_a_prefix_of_answered_batches() {
     let mut r = Rig::new(6, 2, 3, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     r.p.answered(r.now, job(2), pushed(job(2), vec![]), 0.5);
     let e = r.step();
     assert!(cursors(&e).is_empty(), "batch 1 is still out");
@@ -202,9 +201,7 @@ fn the_cursor_moves_only_over_a_prefix_of_answered_batches() {
 #[test]
 fn a_failed_request_backs_off_and_a_closed_session_does_not_count() {
     let mut r = Rig::new(1, 10, 4, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     // The session closed under the request: no attempt counted.
     r.p.answered(r.now, job(1), Err(Error::closed("gone")), 1.0);
     let e = r.step();
@@ -244,9 +241,7 @@ fn a_failed_request_backs_off_and_a_closed_session_does_not_count() {
 #[test]
 fn a_batch_whose_retry_comes_while_disconnected_waits_for_the_next_session() {
     let mut r = Rig::new(1, 10, 4, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     r.p.answered(
         r.now,
         job(1),
@@ -255,17 +250,13 @@ fn a_batch_whose_retry_comes_while_disconnected_waits_for_the_next_session() {
     );
     r.p.disconnected();
     assert!(sends(&r.advance(Duration::from_secs(1))).is_empty());
-    let now = r.now;
-    r.p.connected(now);
-    assert_eq!(sends(&r.step()), vec![job(1)]);
+    assert_eq!(sends(&r.connect()), vec![job(1)]);
 }
 
 #[test]
 fn failures_get_loud_at_powers_of_two_once_the_policy_is_used_up() {
     let mut r = Rig::new(1, 10, 4, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     let mut loud = Vec::new();
     for attempt in 1..=16u32 {
         r.p.answered(
@@ -288,9 +279,7 @@ fn failures_get_loud_at_powers_of_two_once_the_policy_is_used_up() {
 #[test]
 fn refusals_are_recorded_before_the_cursor_passes_them() {
     let mut r = Rig::new(2, 10, 4, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     r.p.answered(r.now, job(1), pushed(job(1), vec![refusal(2, None)]), 0.5);
     let e = r.step();
     assert!(matches!(
@@ -311,9 +300,7 @@ fn refusals_are_recorded_before_the_cursor_passes_them() {
 #[test]
 fn refusals_relayed_from_other_reactors_are_recorded_apart() {
     let mut r = Rig::new(1, 10, 4, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     r.p.answered(
         r.now,
         job(1),
@@ -329,9 +316,7 @@ fn refusals_relayed_from_other_reactors_are_recorded_apart() {
 #[test]
 fn a_requeued_dead_letter_never_moves_the_cursor() {
     let mut r = Rig::new(0, 10, 4, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     let ops = vec![Arc::new(op_for("doc", 1))];
     r.p.requeue(r.now, job(99), ops, (Ordinal(5), Ordinal(6)));
     assert_eq!(sends(&r.step()), vec![job(99)]);
@@ -403,9 +388,7 @@ fn a_failed_read_is_tried_again_later() {
 #[test]
 fn a_draining_pusher_opens_no_more_batches() {
     let mut r = Rig::new(4, 1, 1, true);
-    let now = r.now;
-    r.p.connected(now);
-    r.step();
+    r.connect();
     r.p.drain();
     r.p.answered(r.now, job(1), pushed(job(1), vec![]), 0.5);
     let e = r.step();
