@@ -363,14 +363,14 @@ impl Pusher {
     }
 
     /// The remote answered the request of batch `job` (`bytes` is the request's size, for the
-    /// report), or the request failed. `jitter` in `[0, 1)` spreads the backoff after a
-    /// failure.
+    /// report), or the request failed. `jitter` gives a number in `[0, 1)` to spread the
+    /// backoff after a failure, asked only then.
     pub fn answered(
         &mut self,
         now: Instant,
         job: JobId,
         answer: Result<(Pushed, usize), Error>,
-        jitter: f64,
+        jitter: impl FnOnce() -> f64,
     ) {
         let Some(batch) = self.batches.get_mut(&job) else {
             return;
@@ -427,7 +427,7 @@ impl Pusher {
                 let loud = attempts > 0
                     && (!error.is_retryable() || policy.exhausted(attempts))
                     && attempts.is_power_of_two();
-                let retry_in = policy.backoff(attempts.max(1), jitter);
+                let retry_in = policy.backoff(attempts.max(1), jitter());
                 batch.stage = Stage::Backoff {
                     until: now + retry_in,
                 };

@@ -178,7 +178,9 @@ fn the_window_bounds_batches_in_flight() {
     assert_eq!(sends(&e).len(), 3);
     assert!(!r.p.has_room());
     // One answered: one more is read and sent.
-    r.p.answered(r.now, job(1), pushed(job(1), vec![]), 0.5);
+    r.p.answered(r.now, job(1), pushed(job(1), vec![]), || {
+        unreachable!("no backoff")
+    });
     let e = r.step();
     assert_eq!(sends(&e), vec![job(4)]);
     assert_eq!(r.p.in_flight(), 3);
@@ -188,11 +190,11 @@ fn the_window_bounds_batches_in_flight() {
 fn the_cursor_moves_only_over_a_prefix_of_answered_batches() {
     let mut r = Rig::new(6, 2, 3, true);
     r.connect();
-    r.p.answered(r.now, job(2), pushed(job(2), vec![]), 0.5);
+    r.p.answered(r.now, job(2), pushed(job(2), vec![]), || 0.5);
     let e = r.step();
     assert!(cursors(&e).is_empty(), "batch 1 is still out");
     assert!(has(&e, "finished"));
-    r.p.answered(r.now, job(1), pushed(job(1), vec![]), 0.5);
+    r.p.answered(r.now, job(1), pushed(job(1), vec![]), || 0.5);
     let e = r.step();
     assert_eq!(cursors(&e), vec![Ordinal(4)]);
     assert_eq!(r.p.committed(), Ordinal(4));
@@ -203,7 +205,7 @@ fn a_failed_request_backs_off_and_a_closed_session_does_not_count() {
     let mut r = Rig::new(1, 10, 4, true);
     r.connect();
     // The session closed under the request: no attempt counted.
-    r.p.answered(r.now, job(1), Err(Error::closed("gone")), 1.0);
+    r.p.answered(r.now, job(1), Err(Error::closed("gone")), || 1.0);
     let e = r.step();
     let Some(PushEffect::Failed {
         attempts, retry_in, ..
@@ -220,7 +222,7 @@ fn a_failed_request_backs_off_and_a_closed_session_does_not_count() {
             r.now,
             job(1),
             Err(Error::new(ErrorKind::Timeout, "slow")),
-            1.0,
+            || 1.0,
         );
         let e = r.step();
         assert!(
@@ -234,7 +236,7 @@ fn a_failed_request_backs_off_and_a_closed_session_does_not_count() {
         assert_eq!(sends(&r.advance(Duration::from_millis(wait))), vec![job(1)]);
     }
     // An answer to a request the machine is not waiting for changes nothing.
-    r.p.answered(r.now, job(2), pushed(job(2), vec![]), 0.5);
+    r.p.answered(r.now, job(2), pushed(job(2), vec![]), || 0.5);
     assert!(r.step().is_empty());
 }
 
@@ -246,7 +248,7 @@ fn a_batch_whose_retry_comes_while_disconnected_waits_for_the_next_session() {
         r.now,
         job(1),
         Err(Error::new(ErrorKind::Unavailable, "down")),
-        1.0,
+        || 1.0,
     );
     r.p.disconnected();
     assert!(sends(&r.advance(Duration::from_secs(1))).is_empty());
@@ -263,7 +265,7 @@ fn failures_get_loud_at_powers_of_two_once_the_policy_is_used_up() {
             r.now,
             job(1),
             Err(Error::new(ErrorKind::Unavailable, "down")),
-            0.0,
+            || 0.0,
         );
         let e = r.step();
         if let Some(PushEffect::Failed { loud: true, .. }) = e.iter().find(|e| e.name() == "failed")
@@ -280,7 +282,12 @@ fn failures_get_loud_at_powers_of_two_once_the_policy_is_used_up() {
 fn refusals_are_recorded_before_the_cursor_passes_them() {
     let mut r = Rig::new(2, 10, 4, true);
     r.connect();
-    r.p.answered(r.now, job(1), pushed(job(1), vec![refusal(2, None)]), 0.5);
+    r.p.answered(
+        r.now,
+        job(1),
+        pushed(job(1), vec![refusal(2, None)]),
+        || 0.5,
+    );
     let e = r.step();
     assert!(matches!(
         e.iter().find(|e| e.name() == "record"),
@@ -305,7 +312,7 @@ fn refusals_relayed_from_other_reactors_are_recorded_apart() {
         r.now,
         job(1),
         pushed(job(1), vec![refusal(7, Some("c"))]),
-        0.5,
+        || 0.5,
     );
     let e = r.step();
     assert!(has(&e, "relayed"));
@@ -320,7 +327,7 @@ fn a_requeued_dead_letter_never_moves_the_cursor() {
     let ops = vec![Arc::new(op_for("doc", 1))];
     r.p.requeue(r.now, job(99), ops, (Ordinal(5), Ordinal(6)));
     assert_eq!(sends(&r.step()), vec![job(99)]);
-    r.p.answered(r.now, job(99), pushed(job(99), vec![]), 0.5);
+    r.p.answered(r.now, job(99), pushed(job(99), vec![]), || 0.5);
     let e = r.step();
     assert!(matches!(
         e.iter().find(|e| e.name() == "record"),
@@ -390,7 +397,7 @@ fn a_draining_pusher_opens_no_more_batches() {
     let mut r = Rig::new(4, 1, 1, true);
     r.connect();
     r.p.drain();
-    r.p.answered(r.now, job(1), pushed(job(1), vec![]), 0.5);
+    r.p.answered(r.now, job(1), pushed(job(1), vec![]), || 0.5);
     let e = r.step();
     assert_eq!(cursors(&e), vec![Ordinal(1)]);
     assert!(!has(&e, "opened"));

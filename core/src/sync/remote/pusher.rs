@@ -8,7 +8,6 @@ use syncline_proto::sync::pusher::{PushEffect, Pusher, PusherConfig, Record};
 
 /// What an effect the shell performed gave back.
 enum Done {
-    Read(Result<crate::store::ReadPage>),
     Answered(JobId, Result<(Pushed, usize)>),
     Recorded(JobId, bool),
     Nothing,
@@ -17,7 +16,6 @@ enum Done {
 impl Done {
     fn name(&self) -> &'static str {
         match self {
-            Done::Read(_) => "read",
             Done::Answered(_, Ok(_)) => "answered",
             Done::Answered(_, Err(_)) => "failed",
             Done::Recorded(..) => "recorded",
@@ -48,19 +46,8 @@ impl PushShell {
             "push effect"
         );
         match effect {
-            PushEffect::ReadFeed { after, limit } => {
-                // What counts as an echo depends on who the remote is, known by now.
-                let filter = self
-                    .filter
-                    .get_or_insert_with(|| {
-                        remote.ctx.read_filter(&remote.config.filter, remote.peer())
-                    })
-                    .clone();
-                let store = remote.ctx.store.clone();
-                self.pending.push(Box::pin(async move {
-                    Done::Read(store.read_since(after, limit, &filter).await)
-                }));
-            }
+            // Performed inline by the loop (`PushShell::read`).
+            PushEffect::ReadFeed { .. } => {}
             PushEffect::Opened { job, range, ops } => {
                 let handle = JobHandle::new(job, ops, range);
                 remote.channel.outbox.push(handle.clone());
@@ -174,6 +161,31 @@ impl PushShell {
     }
 }
 
+impl PushShell {
+    /// Reads the feed and hands the page to the machine. Awaited in the loop, as a read is
+    /// short and a batch cannot be opened before it anyway: that spares a wake-up per page.
+    async fn read(&mut self, machine: &mut Pusher, after: Ordinal, limit: usize) {
+        let remote = &self.remote;
+        // What counts as an echo depends on who the remote is, known by now.
+        let filter = self
+            .filter
+            .get_or_insert_with(|| remote.ctx.read_filter(&remote.config.filter, remote.peer()));
+        let page = remote.ctx.store.read_since(after, limit, filter).await;
+        let now = Instant::now().into_std();
+        match page {
+            Ok(page) => {
+                let entropy = &remote.ctx.entropy;
+                machine.feed_read(now, page.ops, page.scanned_to, || entropy.job_id());
+            }
+            Err(e) => {
+                tracing::warn!(remote = remote.name(), error = %e, "reading the feed failed");
+                remote.failed(&e);
+                machine.feed_failed(now);
+            }
+        }
+    }
+}
+
 impl RemoteShared {
     pub(super) async fn save_outbox_cursor(self: Arc<Self>, mut rx: watch::Receiver<Ordinal>) {
         while rx.changed().await.is_ok() {
@@ -220,11 +232,27 @@ impl RemoteShared {
             filter: None,
             saver,
         };
+        // One timer, moved only when the machine's deadline changes.
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             while let Some(effect) = machine.poll_effect() {
-                shell.perform(effect);
+                tracing::trace!(remote = self.name(), effect = effect.name(), "push effect");
+                match effect {
+                    PushEffect::ReadFeed { after, limit } => {
+                        shell.read(&mut machine, after, limit).await;
+                    }
+                    other => shell.perform(other),
+                }
             }
             let deadline = machine.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
             // The connector clears the link when the session closes (waiting on the session
             // itself would wake tasks in a random order); until then a send fails as closed.
             let known = shell.session.as_ref().map(Session::id);
@@ -235,17 +263,8 @@ impl RemoteShared {
                     let now = Instant::now().into_std();
                     tracing::trace!(remote = self.name(), done = done.name(), pending = shell.pending.len(), "push input");
                     match done {
-                        Done::Read(Ok(page)) => {
-                            let entropy = &self.ctx.entropy;
-                            machine.feed_read(now, page.ops, page.scanned_to, || entropy.job_id());
-                        }
-                        Done::Read(Err(e)) => {
-                            tracing::warn!(remote = self.name(), error = %e, "reading the feed failed");
-                            self.failed(&e);
-                            machine.feed_failed(now);
-                        }
                         Done::Answered(job, answer) => {
-                            machine.answered(now, job, answer, self.ctx.entropy.unit());
+                            machine.answered(now, job, answer, || self.ctx.entropy.unit());
                         }
                         Done::Recorded(job, true) => machine.recorded(job),
                         Done::Recorded(job, false) => machine.record_failed(now, job),
@@ -279,7 +298,8 @@ impl RemoteShared {
                     }
                     machine.written();
                 }
-                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
                     tracing::trace!(remote = self.name(), "push timer");
                     machine.handle_timeout(Instant::now().into_std());
                 }
