@@ -183,11 +183,21 @@ impl RemoteShared {
             seq: 0,
             job: None,
         };
+        // One timer, moved only when the machine's deadline changes.
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             while let Some(effect) = machine.poll_effect() {
                 shell.perform(&mut machine, effect);
             }
             let deadline = machine.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
             let known = shell.session.as_ref().map(Session::id);
             tokio::select! {
                 biased;
@@ -230,7 +240,8 @@ impl RemoteShared {
                     }
                 }
                 _ = self.wake_pull.notified() => machine.woken(Instant::now().into_std()),
-                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
                     machine.handle_timeout(Instant::now().into_std());
                 }
             }
