@@ -41,23 +41,31 @@ pub async fn build(
         .await
 }
 
+/// Runs `attempt` until it succeeds, up to 100 times 50 ms apart, while a crashed node still
+/// holds the address; returns the last error after that.
+pub async fn retrying<T, E, F, Fut>(mut attempt: F) -> std::result::Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(_) if tries < 100 => tries += 1,
+            done => return done,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Makes `reactor` listen at `url` by itself, retrying while a crashed node still holds it.
 pub async fn listening(reactor: Reactor, url: &str) -> Result<Node> {
-    let mut last = None;
-    for _ in 0..100 {
-        match reactor.listen(url).await {
-            Ok(_) => {
-                return Ok(Node {
-                    reactor,
-                    url: url.to_owned(),
-                    guard: Box::new(()),
-                });
-            }
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    Err(last.unwrap_or_else(|| Error::internal(format!("cannot listen at {url}"))))
+    retrying(|| reactor.listen(url)).await?;
+    Ok(Node {
+        reactor,
+        url: url.to_owned(),
+        guard: Box::new(()),
+    })
 }
 
 /// A transport that listens by itself (`Reactor::listen`), such as a plugin transport: URLs are

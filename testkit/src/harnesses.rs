@@ -16,7 +16,7 @@ use syncline_transport_websocket::{WsOptions, WsTransport};
 
 use crate::redis_server::RedisServer;
 use crate::transport_suite::{Capabilities, Node, TransportHarness};
-pub use syncline_conformance::listening::{ListeningHarness, build, free_tcp, listening};
+pub use syncline_conformance::listening::{ListeningHarness, build, free_tcp, listening, retrying};
 
 fn free_udp() -> Result<u16> {
     UdpSocket::bind("127.0.0.1:0")
@@ -27,18 +27,14 @@ fn free_udp() -> Result<u16> {
 
 /// Binds a TCP listener at `addr`, retrying while a crashed server still holds it.
 async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    let mut last = None;
-    for _ in 0..100 {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(Error::new(
-        ErrorKind::Unavailable,
-        format!("cannot listen on {addr}: {last:?}"),
-    ))
+    retrying(|| tokio::net::TcpListener::bind(addr))
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot listen on {addr}: {e}"),
+            )
+        })
 }
 
 fn socket_addr(url: &str) -> Result<SocketAddr> {
@@ -230,21 +226,7 @@ impl TransportHarness for QuicHarness {
             self.options(config.sync.max_frame_bytes),
         ));
         let reactor = build(name, store, config, transport).await?;
-        let mut last = None;
-        for _ in 0..100 {
-            match reactor.listen(url).await {
-                Ok(_) => {
-                    return Ok(Node {
-                        reactor,
-                        url: url.to_owned(),
-                        guard: Box::new(()),
-                    });
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(last.unwrap_or_else(|| Error::internal("listen failed")))
+        listening(reactor, url).await
     }
     fn dialer(&self) -> Arc<dyn Transport> {
         Arc::new(QuicTransport::new(self.options(32 << 20)))

@@ -425,9 +425,18 @@ fn copy_v1(txn: &WriteTransaction) -> std::result::Result<u64, redb::Error> {
     for table in TABLES {
         tables.push(txn.open_table(table)?);
     }
+    // Every record goes to the table of its key space (the spaces below are the engine's).
     let mut put = |space: &[u8; 2], key: &[u8], value: &[u8]| {
-        let i = KEY_SPACES.iter().position(|s| *s == space).unwrap_or(0);
-        tables[i].insert(key, value).map(|_| ())
+        let Some(i) = KEY_SPACES.iter().position(|s| *s == space) else {
+            return Err(redb::Error::Corrupted(format!(
+                "no engine key space {:?}",
+                String::from_utf8_lossy(space)
+            )));
+        };
+        tables[i]
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(redb::Error::from)
     };
     let mut head = 0u64;
     let mut copied = 0u64;
