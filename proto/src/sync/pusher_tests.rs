@@ -1,5 +1,6 @@
 //! The pusher machine stepped by hand: every decision is visible in its effects.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -402,4 +403,198 @@ fn a_draining_pusher_opens_no_more_batches() {
     assert_eq!(cursors(&e), vec![Ordinal(1)]);
     assert!(!has(&e, "opened"));
     assert_eq!(r.p.in_flight(), 0);
+}
+
+/// What the world does next, in the property below.
+#[derive(Clone, Debug)]
+enum Step {
+    Connect,
+    Disconnect,
+    /// The `n`-th request out (modulo) is answered: applied, refused in part, or failed.
+    Answer(usize, Outcome),
+    /// The `n`-th record being stored (modulo) is stored, or storing it failed.
+    Record(usize, bool),
+    Write,
+    Wait(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    Applied,
+    Refused,
+    Failed,
+    Closed,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let outcome = prop_oneof![
+        4 => Just(Outcome::Applied),
+        1 => Just(Outcome::Refused),
+        1 => Just(Outcome::Failed),
+        1 => Just(Outcome::Closed),
+    ];
+    prop_oneof![
+        1 => Just(Step::Connect),
+        1 => Just(Step::Disconnect),
+        6 => (any::<usize>(), outcome).prop_map(|(n, o)| Step::Answer(n, o)),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(n, ok)| Step::Record(n, ok)),
+        1 => Just(Step::Write),
+        2 => (0u64..3_000).prop_map(Step::Wait),
+    ]
+}
+
+/// Requests and record writes the rig has been asked for and not yet answered.
+#[derive(Default)]
+struct World {
+    sending: Vec<(JobId, Arc<crate::protocol::Request>)>,
+    recording: Vec<JobId>,
+    /// Open batches and the feed range each covers.
+    open: BTreeMap<JobId, (Ordinal, Ordinal)>,
+    /// Batches the remote refused in part whose records are not stored yet.
+    unrecorded: std::collections::BTreeSet<JobId>,
+    cursor: Ordinal,
+}
+
+impl World {
+    fn take(&mut self, effects: Vec<PushEffect>) {
+        for e in effects {
+            match e {
+                PushEffect::Opened { job, range, .. } => {
+                    self.open.insert(job, range);
+                }
+                PushEffect::Send { job, request } => {
+                    assert!(
+                        !self.sending.iter().any(|(j, _)| *j == job),
+                        "{job} sent twice at once"
+                    );
+                    self.sending.push((job, request));
+                }
+                PushEffect::Record { job, .. } => self.recording.push(job),
+                PushEffect::Finished { job, .. } => {
+                    assert!(
+                        !self.unrecorded.contains(&job),
+                        "{job} finished before its refusals were stored"
+                    );
+                    self.open.remove(&job);
+                }
+                PushEffect::Cursor(c) => {
+                    assert!(
+                        c > self.cursor,
+                        "the cursor went from {} to {c}",
+                        self.cursor
+                    );
+                    self.cursor = c;
+                }
+                _ => {}
+            }
+        }
+        // The cursor never passes a batch that is not done.
+        for (job, (from, _)) in &self.open {
+            assert!(
+                self.cursor <= *from,
+                "cursor {} passed open batch {job} from {from}",
+                self.cursor
+            );
+        }
+    }
+}
+
+fn refusal_of(request: &crate::protocol::Request) -> Vec<Refusal> {
+    let crate::protocol::Request::Push(push) = request else {
+        return vec![];
+    };
+    let first = &push.strands[0].operations[0];
+    vec![Refusal {
+        id: first.id,
+        error: WireError {
+            kind: "forbidden".into(),
+            message: "no".into(),
+        },
+        by: None,
+    }]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever the remote and the store do, the cursor only moves forward, never passes a
+    /// batch that is not done, the window bounds what is out, and once everything succeeds
+    /// the cursor reaches the end of the feed.
+    #[test]
+    fn the_cursor_is_safe_and_reaches_the_end(
+        ops in 1u64..120,
+        batch in 1usize..12,
+        window in 1usize..5,
+        steps in proptest::collection::vec(step(), 0..80),
+    ) {
+        let mut r = Rig::new(ops, batch, window, true);
+        let mut w = World::default();
+        let e = r.step();
+        w.take(e);
+        for s in steps {
+            let e = match s {
+                Step::Connect => r.connect(),
+                Step::Disconnect => {
+                    r.p.disconnected();
+                    r.step()
+                }
+                Step::Answer(n, outcome) if !w.sending.is_empty() => {
+                    let (job, request) = w.sending.remove(n % w.sending.len());
+                    let answer = match outcome {
+                        Outcome::Applied => pushed(job, vec![]),
+                        Outcome::Refused => {
+                            w.unrecorded.insert(job);
+                            pushed(job, refusal_of(&request))
+                        }
+                        Outcome::Failed => Err(Error::new(ErrorKind::Unavailable, "down")),
+                        Outcome::Closed => Err(Error::closed("gone")),
+                    };
+                    r.p.answered(r.now, job, answer, || 0.5);
+                    r.step()
+                }
+                Step::Record(n, ok) if !w.recording.is_empty() => {
+                    let job = w.recording.remove(n % w.recording.len());
+                    if ok {
+                        w.unrecorded.remove(&job);
+                        r.p.recorded(job);
+                    } else {
+                        r.p.record_failed(r.now, job);
+                    }
+                    r.step()
+                }
+                Step::Write => {
+                    r.p.written();
+                    r.step()
+                }
+                Step::Wait(ms) => r.advance(Duration::from_millis(ms)),
+                _ => vec![],
+            };
+            w.take(e);
+            proptest::prop_assert!(r.p.in_flight() <= window);
+        }
+        // From now on everything succeeds.
+        let e = r.connect();
+        w.take(e);
+        for _ in 0..10_000 {
+            if r.p.committed() == Ordinal(ops) {
+                break;
+            }
+            let mut e = Vec::new();
+            for (job, _) in std::mem::take(&mut w.sending) {
+                r.p.answered(r.now, job, pushed(job, vec![]), || 0.5);
+                e.extend(r.step());
+            }
+            for job in std::mem::take(&mut w.recording) {
+                w.unrecorded.remove(&job);
+                r.p.recorded(job);
+                e.extend(r.step());
+            }
+            e.extend(r.advance(Duration::from_secs(20)));
+            w.take(e);
+        }
+        proptest::prop_assert_eq!(r.p.committed(), Ordinal(ops));
+        proptest::prop_assert_eq!(w.cursor, Ordinal(ops));
+        proptest::prop_assert_eq!(r.p.in_flight(), 0);
+    }
 }
