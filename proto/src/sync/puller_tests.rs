@@ -260,3 +260,169 @@ fn no_pull_without_a_session() {
     p.connected(now, true);
     assert_eq!(names(&effects(&mut p)), ["pull"]);
 }
+
+/// What the remote and the store do next, in the property below.
+#[derive(Clone, Debug)]
+enum Step {
+    Connect(bool),
+    Disconnect,
+    Wake,
+    /// The registration or pull out is answered: `Some(n)` brings `n` new operations (one of
+    /// them refused when `refuse`), `None` fails.
+    Answer(Option<u64>, bool),
+    /// The apply out commits, or fails.
+    Apply(bool),
+    /// The ack out goes through, or fails.
+    Ack(bool),
+    /// The scheduler answers with this wait (ms) and idleness.
+    Schedule(u64, bool),
+    Wait(u64),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        1 => any::<bool>().prop_map(Step::Connect),
+        1 => Just(Step::Disconnect),
+        1 => Just(Step::Wake),
+        5 => (proptest::option::weighted(0.8, 0u64..20), any::<bool>())
+            .prop_map(|(n, refuse)| Step::Answer(n, refuse)),
+        3 => any::<bool>().prop_map(Step::Apply),
+        3 => any::<bool>().prop_map(Step::Ack),
+        3 => (0u64..5_000, any::<bool>()).prop_map(|(ms, idle)| Step::Schedule(ms, idle)),
+        2 => (0u64..6_000).prop_map(Step::Wait),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever the remote does, one request is out at a time, the cursor moves only by a
+    /// committed apply that starts where it stands, and every refusal of a pulled operation
+    /// reaches the remote in exactly one acknowledgement that went through.
+    #[test]
+    fn one_thing_at_a_time_and_every_refusal_reported_once(
+        steps in proptest::collection::vec(step(), 0..120),
+    ) {
+        let (mut p, mut now) = machine(None);
+        let mut out: Option<PullEffect> = None;
+        let mut remote_head = 10u64;
+        let mut refused_made = Vec::new();
+        let mut reported = Vec::new();
+        let mut next_op = 1_000u64;
+        for s in steps {
+            match s {
+                Step::Connect(duplex) => p.connected(now, duplex),
+                Step::Disconnect => p.disconnected(),
+                Step::Wake => p.woken(now),
+                Step::Answer(n, refuse) => match out.take() {
+                    Some(PullEffect::Register { since }) => {
+                        proptest::prop_assert_eq!(since, p.cursor());
+                        match n {
+                            Some(_) => p.registered(now, Ok("l".into())),
+                            None => p.registered(now, Err(Error::new(ErrorKind::Unavailable, "down"))),
+                        }
+                    }
+                    Some(PullEffect::Pull { cursor, .. }) => {
+                        proptest::prop_assert_eq!(cursor, p.cursor());
+                        match n {
+                            Some(n) => {
+                                remote_head = remote_head.max(cursor.0) + n;
+                                let mut answer = pulled(remote_head, n, false);
+                                answer.ops.clear();
+                                if refuse && n > 0 {
+                                    next_op += 1;
+                                    let r = refusal(next_op);
+                                    refused_made.push(r.id);
+                                    answer.refused = vec![r];
+                                }
+                                p.answered(now, Ok(answer));
+                            }
+                            None => p.answered(now, Err(Error::new(ErrorKind::Timeout, "slow"))),
+                        }
+                    }
+                    other => out = other,
+                },
+                Step::Apply(ok) => match out.take() {
+                    Some(PullEffect::Apply { range, .. }) => {
+                        proptest::prop_assert_eq!(range.0, p.cursor());
+                        let before = p.cursor();
+                        if ok {
+                            p.applied(Ok(()));
+                            proptest::prop_assert_eq!(p.cursor(), range.1);
+                        } else {
+                            p.applied(Err(Error::new(ErrorKind::Storage, "disk")));
+                            proptest::prop_assert_eq!(p.cursor(), before);
+                        }
+                    }
+                    other => out = other,
+                },
+                Step::Ack(ok) => match out.take() {
+                    Some(PullEffect::Ack { refused, cursor, .. }) => {
+                        proptest::prop_assert_eq!(cursor, p.cursor());
+                        if ok {
+                            reported.extend(refused.iter().map(|r| r.id));
+                        }
+                        p.acked(ok);
+                    }
+                    other => out = other,
+                },
+                Step::Schedule(ms, idle) => match out.take() {
+                    Some(PullEffect::Schedule(_)) => {
+                        p.scheduled(now, Duration::from_millis(ms), idle);
+                    }
+                    other => out = other,
+                },
+                Step::Wait(ms) => {
+                    now += Duration::from_millis(ms);
+                    p.handle_timeout(now);
+                }
+            }
+            // Collect what the machine asks for: at most one request, apply, ack or schedule.
+            for e in effects(&mut p) {
+                match e {
+                    PullEffect::Pulled { .. }
+                    | PullEffect::Failed { .. }
+                    | PullEffect::ForgetListener { .. } => {}
+                    waiting => {
+                        proptest::prop_assert!(out.is_none(), "{waiting:?} while {out:?} is out");
+                        out = Some(waiting);
+                    }
+                }
+            }
+        }
+        // Every refusal goes out once the remote takes the acks: drive it until it does.
+        p.connected(now, true);
+        for _ in 0..1_000 {
+            if reported.len() == refused_made.len() {
+                break;
+            }
+            for e in effects(&mut p) {
+                if !matches!(e, PullEffect::Pulled { .. } | PullEffect::Failed { .. }) {
+                    out = Some(e);
+                }
+            }
+            match out.take() {
+                Some(PullEffect::Register { .. }) => p.registered(now, Ok("l".into())),
+                Some(PullEffect::Pull { cursor, .. }) => {
+                    p.answered(now, Ok(pulled(cursor.0, 0, false)));
+                }
+                Some(PullEffect::Apply { .. }) => p.applied(Ok(())),
+                Some(PullEffect::Ack { refused, .. }) => {
+                    reported.extend(refused.iter().map(|r| r.id));
+                    p.acked(true);
+                }
+                Some(PullEffect::Schedule(_)) => p.scheduled(now, Duration::ZERO, false),
+                _ => {
+                    now += Duration::from_secs(10);
+                    p.handle_timeout(now);
+                    p.woken(now);
+                }
+            }
+        }
+        let mut made = refused_made.clone();
+        made.sort();
+        reported.sort();
+        proptest::prop_assert_eq!(reported, made);
+    }
+}
