@@ -41,6 +41,8 @@ pub(crate) struct Responder {
     /// Listeners by id, the most recently used first.
     listeners: Mutex<LruCache<String, ListenerRecord>>,
     sessions: Mutex<Vec<Session>>,
+    /// Set when the manager shut down: no session is admitted after that.
+    closed: std::sync::atomic::AtomicBool,
     poke: Arc<PokeState>,
 }
 
@@ -168,6 +170,7 @@ impl Responder {
             ctx,
             listeners: Mutex::new(listeners),
             sessions: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             poke,
         });
         let mut tasks = TaskGroup::default();
@@ -193,7 +196,11 @@ impl Responder {
     }
 
     pub(crate) fn close_sessions(&self) {
-        let sessions = std::mem::take(&mut *self.sessions.lock());
+        let sessions = {
+            let mut list = self.sessions.lock();
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *list)
+        };
         for s in sessions {
             s.close();
         }
@@ -248,6 +255,14 @@ impl Responder {
         let config = &self.ctx.config;
         let evicted = {
             let mut sessions = self.sessions.lock();
+            // Checked under the lock `close_sessions` takes, so no session slips in after it.
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                // A hello that reaches a reactor that stopped (its listener not gone yet):
+                // nobody would answer the session, so it ends and the peer dials again.
+                drop(sessions);
+                session.close();
+                return Err(Error::closed("the reactor is shutting down"));
+            }
             sessions.retain(|s| !s.is_closed());
             if sessions.iter().any(|s| s.id() == session.id()) {
                 return Ok(());

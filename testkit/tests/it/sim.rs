@@ -9,7 +9,7 @@ fn seeds() -> Vec<u64> {
     let count: u64 = std::env::var("SYNCLINE_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(256);
     (0..count).collect()
 }
 
