@@ -28,6 +28,7 @@ impl RemoteShared {
         // The session being dialled, then the live one.
         let mut dialled: Option<Session> = None;
         let mut live: Option<Session> = None;
+        let mut timer = MachineTimer::new();
         loop {
             while let Some(effect) = machine.poll_effect() {
                 tracing::trace!(
@@ -106,7 +107,7 @@ impl RemoteShared {
             if self.stopped() {
                 break;
             }
-            let deadline = machine.poll_timeout().map(Instant::from_std);
+            timer.set(machine.poll_timeout());
             let entropy = &self.ctx.entropy;
             tokio::select! {
                 biased;
@@ -129,7 +130,7 @@ impl RemoteShared {
                 _ = async { live.as_ref().expect("guarded").closed().await }, if live.is_some() => {
                     machine.closed(Instant::now().into_std(), || entropy.unit());
                 }
-                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                () = timer.fired(), if timer.is_armed() => {
                     machine.handle_timeout(Instant::now().into_std());
                 }
             }

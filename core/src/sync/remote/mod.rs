@@ -104,6 +104,43 @@ impl Drop for TakenPiggy {
     }
 }
 
+/// A machine's timer for its shell: one sleep, moved only when the machine's deadline
+/// changes (making a timer per turn of the loop is a cost on the hot path).
+struct MachineTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl MachineTimer {
+    fn new() -> Self {
+        MachineTimer {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            armed: None,
+        }
+    }
+
+    /// Follows the machine's `poll_timeout`.
+    fn set(&mut self, deadline: Option<std::time::Instant>) {
+        let deadline = deadline.map(Instant::from_std);
+        if deadline != self.armed {
+            if let Some(at) = deadline {
+                self.sleep.as_mut().reset(at);
+            }
+            self.armed = deadline;
+        }
+    }
+
+    fn is_armed(&self) -> bool {
+        self.armed.is_some()
+    }
+
+    /// Waits for the deadline (poll only while armed) and disarms.
+    async fn fired(&mut self) {
+        (&mut self.sleep).await;
+        self.armed = None;
+    }
+}
+
 /// The remote's session and stop flag.
 #[derive(Clone, Debug, Default)]
 struct LinkState {
@@ -375,6 +412,19 @@ impl RemoteShared {
 
     async fn until_stopped(&self) {
         self.link.wait_until(|l| l.stopped).await;
+    }
+
+    /// Waits until the live session is no longer the one with id `known` (it closed, another
+    /// replaced it, or the remote stopped) and returns the live one, if any. The connector
+    /// clears the link when a session closes (waiting on the session itself would wake tasks
+    /// in a random order).
+    async fn session_changed(&self, known: Option<u64>) -> Option<Session> {
+        let live = |l: &LinkState| l.session.clone().filter(|s| !s.is_closed());
+        let link = self
+            .link
+            .wait_until(|l| l.stopped || live(l).as_ref().map(Session::id) != known)
+            .await;
+        live(&link)
     }
 
     fn succeeded(&self) {

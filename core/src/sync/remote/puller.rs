@@ -183,21 +183,12 @@ impl RemoteShared {
             seq: 0,
             job: None,
         };
-        // One timer, moved only when the machine's deadline changes.
-        let timer = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(timer);
-        let mut armed: Option<Instant> = None;
+        let mut timer = MachineTimer::new();
         loop {
             while let Some(effect) = machine.poll_effect() {
                 shell.perform(&mut machine, effect);
             }
-            let deadline = machine.poll_timeout().map(Instant::from_std);
-            if deadline != armed {
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
-                }
-                armed = deadline;
-            }
+            timer.set(machine.poll_timeout());
             let known = shell.session.as_ref().map(Session::id);
             tokio::select! {
                 biased;
@@ -230,18 +221,15 @@ impl RemoteShared {
                         Done::Acked(ok) => machine.acked(ok),
                     }
                 }
-                link = self.link.wait_until(|l| {
-                    l.stopped || l.session.as_ref().filter(|s| !s.is_closed()).map(Session::id) != known
-                }) => {
-                    shell.session = link.session.filter(|s| !s.is_closed());
+                session = self.session_changed(known) => {
+                    shell.session = session;
                     match &shell.session {
                         Some(s) => machine.connected(Instant::now().into_std(), s.info().duplex),
                         None => machine.disconnected(),
                     }
                 }
                 _ = self.wake_pull.notified() => machine.woken(Instant::now().into_std()),
-                () = &mut timer, if armed.is_some() => {
-                    armed = None;
+                () = timer.fired(), if timer.is_armed() => {
                     machine.handle_timeout(Instant::now().into_std());
                 }
             }

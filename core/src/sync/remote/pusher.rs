@@ -232,10 +232,7 @@ impl RemoteShared {
             filter: None,
             saver,
         };
-        // One timer, moved only when the machine's deadline changes.
-        let timer = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(timer);
-        let mut armed: Option<Instant> = None;
+        let mut timer = MachineTimer::new();
         loop {
             while let Some(effect) = machine.poll_effect() {
                 tracing::trace!(remote = self.name(), effect = effect.name(), "push effect");
@@ -246,15 +243,9 @@ impl RemoteShared {
                     other => shell.perform(other),
                 }
             }
-            let deadline = machine.poll_timeout().map(Instant::from_std);
-            if deadline != armed {
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
-                }
-                armed = deadline;
-            }
-            // The connector clears the link when the session closes (waiting on the session
-            // itself would wake tasks in a random order); until then a send fails as closed.
+            timer.set(machine.poll_timeout());
+            // Until the connector clears a closed session from the link, a send on it fails as
+            // closed.
             let known = shell.session.as_ref().map(Session::id);
             tokio::select! {
                 biased;
@@ -271,10 +262,8 @@ impl RemoteShared {
                         Done::Nothing => {}
                     }
                 }
-                link = self.link.wait_until(|l| {
-                    l.stopped || l.session.as_ref().filter(|s| !s.is_closed()).map(Session::id) != known
-                }) => {
-                    shell.session = link.session.filter(|s| !s.is_closed());
+                session = self.session_changed(known) => {
+                    shell.session = session;
                     tracing::trace!(remote = self.name(), session = ?shell.session.as_ref().map(Session::id), "push link");
                     match shell.session {
                         Some(_) => machine.connected(Instant::now().into_std()),
@@ -298,8 +287,7 @@ impl RemoteShared {
                     }
                     machine.written();
                 }
-                () = &mut timer, if armed.is_some() => {
-                    armed = None;
+                () = timer.fired(), if timer.is_armed() => {
                     tracing::trace!(remote = self.name(), "push timer");
                     machine.handle_timeout(Instant::now().into_std());
                 }
