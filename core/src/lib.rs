@@ -9,6 +9,7 @@
 pub use syncline_proto::{error, filter, protocol, retry, types};
 
 pub mod auth;
+pub mod backend;
 pub mod channel;
 pub mod clock;
 pub mod engine;
@@ -33,6 +34,10 @@ pub mod view;
 pub use async_trait::async_trait;
 
 pub use auth::{AllowAll, PeerRule, Permissions, RulePermissions};
+pub use backend::{
+    Backends, ConfigError, NodeContext, Section, Settings, StoreBackend, StoreKind,
+    TransportBackend, TransportKind,
+};
 pub use channel::{Channel, JobHandle, JobStatus, Mailbox, PullJobHandle};
 pub use clock::{Clock, Hlc, HlcClock, ManualClock, SystemClock, TokioClock};
 pub use entropy::Entropy;

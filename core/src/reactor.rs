@@ -45,7 +45,9 @@ pub struct ReactorConfig {
     /// How far ahead of our clock a received timestamp may be.
     #[serde(with = "crate::retry::millis")]
     pub max_clock_drift: Duration,
-    /// The sync manager.
+    /// The sync manager. Not part of the serde form: a node configures it as its own `[sync]`
+    /// section.
+    #[serde(skip)]
     pub sync: SyncConfig,
 }
 

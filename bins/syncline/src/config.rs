@@ -3,43 +3,37 @@
 //!
 //! `docs/config.md` documents every key; `docs/examples/` has example files.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use syncline_core::backend::{NodeContext, Section, StoreBackend, TransportBackend};
 use syncline_core::{PeerRule, ReactorConfig, RemoteConfig, SyncConfig};
 use syncline_scheduler::SchedulerConfig;
 
-/// Which store the node uses.
+use crate::backends::NodeBackends;
+
+/// Which store the node uses, and the stores' sections.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// `redb` (default), `memory`, `redis`, or the name of a store plugin.
+#[serde(default)]
+pub struct StoreChoice {
+    /// A registered store kind: `redb` (default), `memory`, `redis`, or a store plugin's name.
     pub kind: String,
-    /// redb: the file (default `<data_dir>/<node_id>.redb`).
-    pub path: Option<PathBuf>,
-    /// redis: the server URL.
-    pub url: Option<String>,
-    /// redis: the dataset (default: the node id).
-    pub dataset: Option<String>,
-    /// redb: fsync every commit (default true).
-    pub durable: bool,
-    /// Plugin stores: their options, passed through as JSON.
-    pub options: Option<serde_json::Value>,
+    /// Each kind's settings, `[store.<kind>]`, read by that kind's backend (its crate defines
+    /// the keys and defaults; `[store.redb] path = ...`).
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, serde_json::Value>,
 }
 
-impl Default for StoreConfig {
+impl Default for StoreChoice {
     fn default() -> Self {
-        StoreConfig {
+        StoreChoice {
             kind: "redb".into(),
-            path: None,
-            url: None,
-            dataset: None,
-            durable: true,
-            options: None,
+            sections: BTreeMap::new(),
         }
     }
 }
@@ -94,28 +88,38 @@ impl Default for ListenConfig {
     }
 }
 
-/// QUIC certificates.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QuicConfig {
-    /// Certificate chain (PEM) the listener presents; with `key`. Absent: self-signed.
-    pub cert: Option<PathBuf>,
-    /// Private key (PEM).
-    pub key: Option<PathBuf>,
-    /// Certificates to trust when dialling `quic://` remotes.
-    pub ca: Option<PathBuf>,
-    /// Trust any certificate when dialling (local use only).
-    pub insecure: bool,
-    /// Where to write the self-signed certificate, so peers can trust it.
-    pub write_self_signed: Option<PathBuf>,
+/// A pull scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SchedulerKind {
+    /// The adaptive scheduler (`syncline-scheduler`).
+    Adaptive,
+    /// A fixed interval.
+    Fixed,
 }
 
-/// Transport settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TransportsConfig {
-    /// QUIC.
-    pub quic: QuicConfig,
+impl TryFrom<String> for SchedulerKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "adaptive" => Ok(SchedulerKind::Adaptive),
+            "fixed" => Ok(SchedulerKind::Fixed),
+            other => Err(format!(
+                "unknown scheduler {other:?}; use adaptive or fixed"
+            )),
+        }
+    }
+}
+
+impl From<SchedulerKind> for String {
+    fn from(k: SchedulerKind) -> String {
+        match k {
+            SchedulerKind::Adaptive => "adaptive",
+            SchedulerKind::Fixed => "fixed",
+        }
+        .into()
+    }
 }
 
 /// Which pull scheduler.
@@ -123,7 +127,7 @@ pub struct TransportsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerChoice {
     /// `adaptive` (default) or `fixed`.
-    pub kind: String,
+    pub kind: SchedulerKind,
     /// For `fixed`: the interval in milliseconds.
     pub fixed_interval: u64,
     /// For `adaptive`: its settings (`[scheduler.adaptive]`).
@@ -133,7 +137,7 @@ pub struct SchedulerChoice {
 impl Default for SchedulerChoice {
     fn default() -> Self {
         SchedulerChoice {
-            kind: "adaptive".into(),
+            kind: SchedulerKind::Adaptive,
             fixed_interval: 2_000,
             adaptive: SchedulerConfig::default(),
         }
@@ -187,17 +191,17 @@ pub struct Config {
     /// Where files go (the redb store by default).
     pub data_dir: PathBuf,
     /// The store.
-    pub store: StoreConfig,
+    pub store: StoreChoice,
     /// Listeners.
     pub listen: ListenConfig,
-    /// Transport settings.
-    pub transports: TransportsConfig,
+    /// Each transport's settings, `[transports.<name>]`, read by that transport's backend.
+    pub transports: BTreeMap<String, serde_json::Value>,
     /// Remotes to sync with (more can be added at runtime through the API).
     pub remotes: Vec<RemoteConfig>,
     /// The pull scheduler.
     pub scheduler: SchedulerChoice,
-    /// The reactor (queue, commits, views).
-    pub reactor: ReactorTuning,
+    /// The reactor (queue, commits, views); its `sync` is the section below.
+    pub reactor: ReactorConfig,
     /// The sync manager (batches, windows, retries, limits).
     pub sync: SyncConfig,
     /// Peer permissions.
@@ -210,52 +214,17 @@ pub struct Config {
     pub shutdown_grace: u64,
 }
 
-/// The reactor's tuning (everything of `ReactorConfig` but `sync`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReactorTuning {
-    /// Most jobs queued.
-    pub queue_capacity: usize,
-    /// Most operations in one commit.
-    pub max_commit_ops: usize,
-    /// Most actions in one submission.
-    pub max_submit_actions: usize,
-    /// Operations between view snapshots.
-    pub snapshot_every: u64,
-    /// Strands whose views are cached.
-    pub max_cached_views: usize,
-    /// Estimated bytes of the cached views.
-    pub max_view_bytes: usize,
-    /// Milliseconds a received timestamp may be ahead of our clock.
-    pub max_clock_drift: u64,
-}
-
-impl Default for ReactorTuning {
-    fn default() -> Self {
-        let r = ReactorConfig::default();
-        ReactorTuning {
-            queue_capacity: r.queue_capacity,
-            max_commit_ops: r.max_commit_ops,
-            max_submit_actions: r.max_submit_actions,
-            snapshot_every: r.snapshot_every,
-            max_cached_views: r.max_cached_views,
-            max_view_bytes: r.max_view_bytes,
-            max_clock_drift: r.max_clock_drift.as_millis() as u64,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
             node_id: "node".into(),
             data_dir: PathBuf::from("./syncline-data"),
-            store: StoreConfig::default(),
+            store: StoreChoice::default(),
             listen: ListenConfig::default(),
-            transports: TransportsConfig::default(),
+            transports: BTreeMap::new(),
             remotes: Vec::new(),
             scheduler: SchedulerChoice::default(),
-            reactor: ReactorTuning::default(),
+            reactor: ReactorConfig::default(),
             sync: SyncConfig::default(),
             permissions: PermissionsConfig::default(),
             metrics: MetricsConfig::default(),
@@ -265,80 +234,17 @@ impl Default for Config {
     }
 }
 
-/// A configuration problem: the key and the reason.
-#[derive(Debug)]
-pub struct ConfigError {
-    /// The offending key, dotted (`store.kind`), or empty for the whole file.
-    pub key: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "invalid configuration: {}", self.reason)
-        } else {
-            write!(f, "invalid configuration: {}: {}", self.key, self.reason)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use syncline_core::ConfigError;
 
 fn err(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        reason: reason.into(),
-    }
+    ConfigError::new(key, reason)
 }
 
-/// The cargo features compiled into this binary, by name.
-pub fn compiled_features() -> Vec<&'static str> {
-    let mut f = Vec::new();
-    if cfg!(feature = "transport-memory") {
-        f.push("transport-memory");
-    }
-    if cfg!(feature = "transport-http") {
-        f.push("transport-http");
-    }
-    if cfg!(feature = "transport-websocket") {
-        f.push("transport-websocket");
-    }
-    if cfg!(feature = "transport-quic") {
-        f.push("transport-quic");
-    }
-    if cfg!(feature = "transport-redis") {
-        f.push("transport-redis");
-    }
-    if cfg!(feature = "store-redb") {
-        f.push("store-redb");
-    }
-    if cfg!(feature = "store-redis") {
-        f.push("store-redis");
-    }
-    f
-}
-
-/// The feature a URL scheme needs.
-pub fn feature_for_scheme(scheme: &str) -> Option<&'static str> {
-    match scheme {
-        "http" | "https" => Some("transport-http"),
-        "ws" => Some("transport-websocket"),
-        "quic" => Some("transport-quic"),
-        "redis" => Some("transport-redis"),
-        "mem" => Some("transport-memory"),
-        _ => None,
-    }
-}
-
-/// The feature a store kind needs.
-pub fn feature_for_store(kind: &str) -> Option<&'static str> {
-    match kind {
-        "redb" => Some("store-redb"),
-        "redis" => Some("store-redis"),
-        _ => None,
-    }
+/// The URL scheme of `url`, or `""`.
+fn scheme_of(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| u.scheme().to_owned())
+        .unwrap_or_default()
 }
 
 impl Config {
@@ -351,8 +257,7 @@ impl Config {
         f.merge(Env::prefixed("SYNCLINE_").split("__"))
     }
 
-    /// Loads and checks the configuration. Plugin store kinds and plugin schemes are allowed
-    /// when `plugin_names` lists them.
+    /// Loads the configuration; [`Config::validate`] checks it against the backends.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         if let Some(file) = file
             && !file.exists()
@@ -362,54 +267,16 @@ impl Config {
                 format!("the configuration file {} does not exist", file.display()),
             ));
         }
-        let config: Config = Config::figment(file).extract().map_err(|e| {
-            let key = e.path.join(".");
-            let reason = match &e.kind {
-                figment::error::Kind::Message(m) => m.clone(),
-                other => other.to_string(),
-            };
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| format!(" (from {})", m.name))
-                .unwrap_or_default();
-            err(&key, format!("{reason}{source}"))
-        })?;
-        Ok(config)
+        Config::figment(file)
+            .extract()
+            .map_err(ConfigError::from_figment)
     }
 
-    /// Checks values the types cannot: names, URLs, features, ranges.
-    pub fn validate(&self, features: &[&str], plugin_kinds: &[String]) -> Result<(), ConfigError> {
+    /// Checks values the types cannot (names, URLs, ranges) and each backend's section against
+    /// the backends of this build (`backends`).
+    pub fn validate(&self, backends: &NodeBackends) -> Result<(), ConfigError> {
         syncline_core::ReactorId::new(&self.node_id).map_err(|e| err("node_id", e.message()))?;
-        let kind = self.store.kind.as_str();
-        match kind {
-            "memory" => {}
-            "redb" | "redis" => {
-                let feature = feature_for_store(kind).unwrap_or_default();
-                if !features.contains(&feature) {
-                    return Err(err(
-                        "store.kind",
-                        format!(
-                            "the {kind} store is not compiled into this binary; rebuild with \
-                             --features {feature}"
-                        ),
-                    ));
-                }
-                if kind == "redis" && self.store.url.is_none() {
-                    return Err(err("store.url", "the redis store needs a server URL"));
-                }
-            }
-            other if plugin_kinds.iter().any(|p| p == other) => {}
-            other => {
-                return Err(err(
-                    "store.kind",
-                    format!(
-                        "unknown store {other:?}; use memory, redb, redis, or the name of a \
-                         store plugin listed under [[plugins]]"
-                    ),
-                ));
-            }
-        }
+        self.check_sections(backends)?;
         for (key, v) in [
             ("listen.header_timeout", self.listen.header_timeout as usize),
             ("listen.max_connections", self.listen.max_connections),
@@ -450,43 +317,16 @@ impl Config {
                     ));
                 }
             }
-            let scheme = url::Url::parse(&r.url)
-                .map(|u| u.scheme().to_owned())
-                .unwrap_or_default();
-            if let Some(feature) = feature_for_scheme(&scheme) {
-                if !features.contains(&feature) {
-                    return Err(err(
-                        &format!("{key}.url"),
-                        format!(
-                            "{scheme}:// needs the {feature} feature, which this binary was \
-                             built without"
-                        ),
-                    ));
-                }
-            } else if scheme != "peer" && !plugin_kinds.contains(&scheme) {
-                return Err(err(
-                    &format!("{key}.url"),
-                    format!(
-                        "no transport handles {scheme}://; use http, ws, quic, redis, peer, or \
-                         a transport plugin's scheme"
-                    ),
-                ));
+            let scheme = scheme_of(&r.url);
+            if scheme != "peer" {
+                transport_for(backends, &format!("{key}.url"), &scheme, "handles")?;
             }
         }
-        if self.listen.quic.is_some() && !features.contains(&"transport-quic") {
-            return Err(err(
-                "listen.quic",
-                "QUIC is not compiled into this binary; rebuild with --features transport-quic",
-            ));
+        if self.listen.quic.is_some() {
+            transport_for(backends, "listen.quic", "quic", "handles")?;
         }
         if let Some(r) = &self.listen.redis {
-            if !features.contains(&"transport-redis") {
-                return Err(err(
-                    "listen.redis",
-                    "the Redis transport is not compiled into this binary; rebuild with \
-                     --features transport-redis",
-                ));
-            }
+            transport_for(backends, "listen.redis", "redis", "handles")?;
             let ok = url::Url::parse(r)
                 .ok()
                 .is_some_and(|u| u.query_pairs().any(|(k, _)| k == "as"));
@@ -495,37 +335,22 @@ impl Config {
             }
         }
         for (i, u) in self.listen.urls.iter().enumerate() {
+            let key = format!("listen.urls[{i}]");
             let scheme = url::Url::parse(u)
                 .map(|u| u.scheme().to_owned())
-                .map_err(|e| {
-                    err(
-                        &format!("listen.urls[{i}]"),
-                        format!("{u:?} is not a URL: {e}"),
-                    )
-                })?;
-            if !plugin_kinds.contains(&scheme) && feature_for_scheme(&scheme).is_none() {
-                return Err(err(
-                    &format!("listen.urls[{i}]"),
-                    format!("no loaded transport handles {scheme}://"),
-                ));
-            }
+                .map_err(|e| err(&key, format!("{u:?} is not a URL: {e}")))?;
+            transport_for(backends, &key, &scheme, "listens on")?;
         }
-        match self.scheduler.kind.as_str() {
-            "adaptive" => self
+        match self.scheduler.kind {
+            SchedulerKind::Adaptive => self
                 .scheduler
                 .adaptive
                 .validate()
                 .map_err(|e| err("scheduler", e.message()))?,
-            "fixed" => {
+            SchedulerKind::Fixed => {
                 if self.scheduler.fixed_interval == 0 {
                     return Err(err("scheduler.fixed_interval", "must be positive"));
                 }
-            }
-            other => {
-                return Err(err(
-                    "scheduler.kind",
-                    format!("unknown scheduler {other:?}; use adaptive or fixed"),
-                ));
             }
         }
         self.reactor_config()
@@ -541,26 +366,97 @@ impl Config {
         Ok(())
     }
 
+    /// The configuration with every backend's section checked and its defaults filled in
+    /// (what `syncline config check` prints).
+    pub fn effective(&self, backends: &NodeBackends) -> Result<Config, ConfigError> {
+        self.validate(backends)?;
+        let mut c = self.clone();
+        c.store.sections.insert(
+            self.store.kind.clone(),
+            self.store_section_checked(backends)?,
+        );
+        for name in backends.backends.transport_names() {
+            if let Some(t) = backends.backends.transport(&name) {
+                let value = t.check(&self.section(&format!("transports.{name}")))?;
+                c.transports.insert(name, value);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Checks `[store]` and `[transports]`: a known store kind, and each section belongs to a
+    /// registered backend and is valid for it.
+    fn check_sections(&self, backends: &NodeBackends) -> Result<(), ConfigError> {
+        let kind = self.store.kind.as_str();
+        self.store_section_checked(backends)?;
+        for (name, value) in &self.store.sections {
+            let key = format!("store.{name}");
+            if !value.is_object() {
+                return Err(err(
+                    &key,
+                    format!(
+                        "a store's settings go in its own section: write {name} under \
+                         [store.{kind}] (store.{kind}.{name})"
+                    ),
+                ));
+            }
+            store_for(backends, &key, name)?.check(&self.section(&key))?;
+        }
+        for name in self.transports.keys() {
+            let key = format!("transports.{name}");
+            let Some(t) = backends.backends.transport(name) else {
+                return Err(err(
+                    &key,
+                    format!(
+                        "no transport named {name:?} in this binary (known: {})",
+                        backends.backends.transport_names().join(", ")
+                    ),
+                ));
+            };
+            t.check(&self.section(&key))?;
+        }
+        Ok(())
+    }
+
+    /// The chosen store's section, checked.
+    fn store_section_checked(
+        &self,
+        backends: &NodeBackends,
+    ) -> Result<serde_json::Value, ConfigError> {
+        let kind = self.store.kind.as_str();
+        store_for(backends, "store.kind", kind)?.check(&self.section(&format!("store.{kind}")))
+    }
+
+    /// What a backend knows of this node.
+    pub fn node_context(&self) -> anyhow::Result<NodeContext> {
+        Ok(NodeContext {
+            node_id: syncline_core::ReactorId::new(&self.node_id)?,
+            data_dir: self.data_dir.clone(),
+            max_frame_bytes: self.sync.max_frame_bytes,
+            request_timeout: self.sync.request_timeout,
+            connections: self.listen.connection_limits(),
+        })
+    }
+
+    /// The section `key` (dotted, as `store.redb`) of this configuration.
+    pub fn section(&self, key: &str) -> Section {
+        Section::focus(&self.sections(), key)
+    }
+
+    /// The backends' sections (`store.<kind>`, `transports.<name>`) as a figment to focus on.
+    pub fn sections(&self) -> Figment {
+        Figment::from(Serialized::defaults(serde_json::json!({
+            "store": self.store.sections,
+            "transports": self.transports,
+        })))
+    }
+
     /// The reactor configuration.
     pub fn reactor_config(&self) -> ReactorConfig {
         ReactorConfig {
-            queue_capacity: self.reactor.queue_capacity,
-            max_commit_ops: self.reactor.max_commit_ops,
-            max_submit_actions: self.reactor.max_submit_actions,
-            snapshot_every: self.reactor.snapshot_every,
-            max_cached_views: self.reactor.max_cached_views,
-            max_view_bytes: self.reactor.max_view_bytes,
-            max_clock_drift: Duration::from_millis(self.reactor.max_clock_drift),
             sync: self.sync.clone(),
+            ..self.reactor.clone()
         }
-    }
-
-    /// The redb file.
-    pub fn redb_path(&self) -> PathBuf {
-        self.store
-            .path
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join(format!("{}.redb", self.node_id)))
     }
 
     /// The configuration as TOML, with credentials and tokens redacted.
@@ -576,13 +472,89 @@ impl Config {
                 rule.token = Some("***".into());
             }
         }
-        if let Some(u) = &c.store.url
-            && let Ok(mut parsed) = url::Url::parse(u)
-            && parsed.password().is_some()
+        for v in c
+            .store
+            .sections
+            .values_mut()
+            .chain(c.transports.values_mut())
         {
-            let _ = parsed.set_password(Some("***"));
-            c.store.url = Some(parsed.to_string());
+            redact_passwords(v);
+        }
+        if let Some(u) = &mut c.listen.redis {
+            *u = redacted_url(u);
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+/// The registered store `kind`, or why there is none.
+fn store_for<'a>(
+    backends: &'a NodeBackends,
+    key: &str,
+    kind: &str,
+) -> Result<&'a Arc<dyn StoreBackend>, ConfigError> {
+    if let Some(b) = backends.backends.store(kind) {
+        return Ok(b);
+    }
+    Err(err(
+        key,
+        match backends.missing_store(kind) {
+            Some(feature) => format!(
+                "the {kind} store is not compiled into this binary; rebuild with --features \
+                 {feature}"
+            ),
+            None => format!(
+                "unknown store {kind:?}; use {}, or the name of a store plugin listed under \
+                 [[plugins]]",
+                backends.backends.store_kinds().join(", ")
+            ),
+        },
+    ))
+}
+
+/// The registered transport for `scheme`, or why there is none; `verb` says what it would do
+/// ("handles", "listens on").
+fn transport_for<'a>(
+    backends: &'a NodeBackends,
+    key: &str,
+    scheme: &str,
+    verb: &str,
+) -> Result<&'a Arc<dyn TransportBackend>, ConfigError> {
+    if let Some(t) = backends.backends.transport_for_scheme(scheme) {
+        return Ok(t);
+    }
+    Err(err(
+        key,
+        match backends.missing_scheme(scheme) {
+            Some(feature) => format!(
+                "{scheme}:// needs the {feature} feature, which this binary was built without; \
+                 rebuild with --features {feature}"
+            ),
+            None => format!(
+                "no transport {verb} {scheme}://; use {}, peer, or a transport plugin's scheme",
+                backends.backends.schemes().join(", ")
+            ),
+        },
+    ))
+}
+
+/// `url` with its password, if any, as `***`.
+fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Every URL in `v` with its password as `***`.
+fn redact_passwords(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => *s = redacted_url(s),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_passwords),
+        serde_json::Value::Object(o) => o.values_mut().for_each(redact_passwords),
+        _ => {}
     }
 }

@@ -44,7 +44,10 @@ fn node_config(name: &str, dir: &std::path::Path, quic: bool) -> Config {
     c.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
     if quic {
         c.listen.quic = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        c.transports.quic.write_self_signed = Some(dir.join(format!("{name}-cert.pem")));
+        c.transports.insert(
+            "quic".into(),
+            serde_json::json!({ "write_self_signed": dir.join(format!("{name}-cert.pem")) }),
+        );
     }
     c.shutdown_grace = 2;
     c

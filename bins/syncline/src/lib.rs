@@ -6,6 +6,7 @@
 //! compiled in fails at start with a message naming the feature.
 
 pub mod api;
+pub mod backends;
 pub mod bench;
 pub mod client;
 pub mod config;

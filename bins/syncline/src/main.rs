@@ -135,19 +135,11 @@ async fn run_node(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn check_config(file: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(Some(&file))?;
-    let plugins = config
-        .plugins
-        .iter()
-        .map(|p| p.path.display().to_string())
-        .collect::<Vec<_>>();
-    // Plugin kinds are only known once loaded; the node checks them at start.
-    let kinds: Vec<String> = if plugins.is_empty() {
-        Vec::new()
-    } else {
-        syncline::plugins::Loaded::load(&config.plugins)?.kinds()
-    };
-    config.validate(&syncline::config::compiled_features(), &kinds)?;
-    print!("{}", config.to_toml_redacted());
+    // Plugin store kinds and schemes are known once the plugins are loaded.
+    let plugins = syncline::plugins::Loaded::load(&config.plugins)?;
+    let backends = syncline::backends::NodeBackends::compiled().with_plugins(&plugins);
+    let effective = config.effective(&backends)?;
+    print!("{}", effective.to_toml_redacted());
     eprintln!("{}: ok", file.display());
     Ok(())
 }

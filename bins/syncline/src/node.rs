@@ -5,15 +5,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use syncline_core::{
-    AllowAll, DynStore, MemoryStore, Permissions, Reactor, ReactorId, RulePermissions, Scheduler,
-    TransportRegistry,
+    AllowAll, Permissions, Reactor, ReactorId, RulePermissions, Scheduler, Section,
 };
 
 use crate::api::{AppState, router};
-use crate::config::{Config, compiled_features};
+use crate::backends::NodeBackends;
+use crate::config::{Config, SchedulerKind};
 use crate::serve::{HttpServer, ServerLimits};
 
 /// The process-wide Prometheus recorder (installed once).
@@ -66,139 +66,13 @@ impl std::fmt::Debug for Node {
     }
 }
 
-async fn open_store(config: &Config, plugins: &crate::plugins::Loaded) -> anyhow::Result<DynStore> {
-    Ok(match config.store.kind.as_str() {
-        "memory" => Arc::new(MemoryStore::new()),
-        #[cfg(feature = "store-redb")]
-        "redb" => {
-            let path = config.redb_path();
-            Arc::new(
-                syncline_store_redb::RedbStore::open_with(
-                    &path,
-                    syncline_store_redb::RedbOptions {
-                        durable: config.store.durable,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .with_context(|| format!("opening the redb store {}", path.display()))?,
-            )
-        }
-        #[cfg(feature = "store-redis")]
-        "redis" => {
-            let url = config
-                .store
-                .url
-                .clone()
-                .context("store.url: the redis store needs a server URL")?;
-            let dataset = config
-                .store
-                .dataset
-                .clone()
-                .unwrap_or_else(|| config.node_id.clone());
-            Arc::new(
-                syncline_store_redis::RedisStore::open(&url, &dataset)
-                    .await
-                    .context("opening the redis store")?,
-            )
-        }
-        other => match plugins.store(other, &config.store.options).await? {
-            Some(store) => store,
-            None => bail!("store.kind: {other:?} is not available in this binary"),
-        },
-    })
-}
-
-/// The transports, and the QUIC one by itself (it knows its self-signed certificate).
-struct Transports {
-    registry: TransportRegistry,
-    #[cfg(feature = "transport-quic")]
-    quic: Arc<syncline_transport_quic::QuicTransport>,
-}
-
-/// The `mem://` network of this process: nodes started in one process (embedded, or by
-/// `syncline bench`) reach each other at `mem://<node id>` without sockets.
-#[cfg(feature = "transport-memory")]
-static MEMORY: std::sync::LazyLock<syncline_transport_memory::MemoryNetwork> =
-    std::sync::LazyLock::new(syncline_transport_memory::MemoryNetwork::new);
-
-/// The node's secret for QUIC stateless resets, made once and kept in the store, so that a
-/// restarted listener can tell diallers at once that their old connection is gone.
-#[cfg(feature = "transport-quic")]
-async fn quic_reset_key(store: &DynStore) -> anyhow::Result<[u8; 32]> {
-    use rand::{Rng, SeedableRng};
-    use syncline_core::store::{MetaSpace, MetaWrite};
-    const KEY: &str = "quic_reset_key";
-    if let Some(v) = store.get_meta(MetaSpace::Node, KEY).await?
-        && let Ok(k) = <[u8; 32]>::try_from(v.as_ref())
-    {
-        return Ok(k);
-    }
-    let key: [u8; 32] = rand::rngs::StdRng::from_os_rng().random();
-    store
-        .write_meta(vec![MetaWrite::put(MetaSpace::Node, KEY, key.to_vec())])
-        .await
-        .context("storing the QUIC reset secret")?;
-    Ok(key)
-}
-
-#[cfg_attr(not(feature = "transport-http"), allow(unused_variables))]
-async fn transports(
-    config: &Config,
-    plugins: &crate::plugins::Loaded,
-    store: &DynStore,
-) -> anyhow::Result<Transports> {
-    let mut registry = TransportRegistry::new();
-    #[cfg(feature = "transport-memory")]
-    registry.register(MEMORY.transport(&config.node_id));
-    #[cfg(feature = "transport-http")]
-    registry.register(Arc::new(syncline_transport_http::HttpTransport::new(
-        config.sync.request_timeout,
-    )?));
-    #[cfg(feature = "transport-websocket")]
-    registry.register(Arc::new(syncline_transport_websocket::WsTransport::new(
-        syncline_transport_websocket::WsOptions {
-            max_message_bytes: config.sync.max_frame_bytes,
-            ..Default::default()
-        },
-    )));
-    #[cfg(feature = "transport-quic")]
-    let quic = {
-        let q = &config.transports.quic;
-        let t = Arc::new(syncline_transport_quic::QuicTransport::new(
-            syncline_transport_quic::QuicOptions {
-                cert: q.cert.clone(),
-                key: q.key.clone(),
-                ca: q.ca.clone(),
-                insecure: q.insecure,
-                max_frame_bytes: config.sync.max_frame_bytes,
-                reset_key: Some(quic_reset_key(store).await?),
-                connections: config.listen.connection_limits(),
-                ..Default::default()
-            },
-        ));
-        registry.register(t.clone());
-        t
-    };
-    #[cfg(feature = "transport-redis")]
-    registry.register(Arc::new(syncline_transport_redis::RedisTransport::new()));
-    for t in plugins.transports() {
-        registry.register(t);
-    }
-    Ok(Transports {
-        registry,
-        #[cfg(feature = "transport-quic")]
-        quic,
-    })
-}
-
 fn scheduler(config: &Config) -> anyhow::Result<Arc<dyn Scheduler>> {
-    Ok(match config.scheduler.kind.as_str() {
-        "fixed" => Arc::new(syncline_core::FixedInterval::new(
+    Ok(match config.scheduler.kind {
+        SchedulerKind::Fixed => Arc::new(syncline_core::FixedInterval::new(
             Duration::from_millis(config.scheduler.fixed_interval),
             config.scheduler.adaptive.backoff,
         )),
-        _ => Arc::new(syncline_scheduler::AdaptiveScheduler::new(
+        SchedulerKind::Adaptive => Arc::new(syncline_scheduler::AdaptiveScheduler::new(
             config.scheduler.adaptive.clone(),
             syncline_scheduler::tokio_now(),
         )?),
@@ -210,8 +84,18 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         crate::install_crypto();
         let plugins = crate::plugins::Loaded::load(&config.plugins)?;
-        config.validate(&compiled_features(), &plugins.kinds())?;
-        let store = open_store(&config, &plugins).await?;
+        let compiled = NodeBackends::compiled().with_plugins(&plugins);
+        config.validate(&compiled)?;
+        let node = config.node_context()?;
+        let sections = config.sections();
+        let kind = config.store.kind.as_str();
+        let store = compiled
+            .backends
+            .store(kind)
+            .context("store.kind: checked above")?
+            .open(&node, &Section::focus(&sections, &format!("store.{kind}")))
+            .await
+            .with_context(|| format!("opening the {kind} store"))?;
         let permissions: Arc<dyn Permissions> = if config.permissions.rules.is_empty() {
             Arc::new(AllowAll)
         } else {
@@ -226,10 +110,14 @@ impl Node {
         } else {
             None
         };
-        let transports = transports(&config, &plugins, &store).await?;
+        let transports = compiled
+            .backends
+            .build_transports(&node, &store, &sections)
+            .await
+            .context("building the transports")?;
         let reactor = Reactor::builder(ReactorId::new(&config.node_id)?)
             .store(store)
-            .transports(transports.registry.clone())
+            .transports(transports)
             .scheduler(scheduler(&config)?)
             .permissions(permissions)
             .config(config.reactor_config())
@@ -259,24 +147,24 @@ impl Node {
         let accept: syncline_core::AcceptFn = Arc::new(move |link| {
             r.serve(link);
         });
-        let app = router(state);
+        let mut app = router(state);
         #[cfg(feature = "transport-http")]
-        let app = app.merge(syncline_transport_http::router(
-            accept.clone(),
-            syncline_transport_http::ServerOptions {
-                max_body_bytes: config.sync.max_frame_bytes,
-                session_idle: Duration::from_millis(config.listen.http_session_idle),
-                ..Default::default()
-            },
-        ));
+        if compiled.backends.transport("http").is_some() {
+            app = app.merge(syncline_transport_http::router(
+                accept.clone(),
+                syncline_transport_http::ServerOptions {
+                    session_idle: Duration::from_millis(config.listen.http_session_idle),
+                    ..syncline_transport_http::ServerOptions::for_node(&node)
+                },
+            ));
+        }
         #[cfg(feature = "transport-websocket")]
-        let app = app.merge(syncline_transport_websocket::router(
-            accept.clone(),
-            syncline_transport_websocket::WsOptions {
-                max_message_bytes: config.sync.max_frame_bytes,
-                ..Default::default()
-            },
-        ));
+        if compiled.backends.transport("websocket").is_some() {
+            app = app.merge(syncline_transport_websocket::router(
+                accept.clone(),
+                syncline_transport_websocket::WsOptions::for_node(&node),
+            ));
+        }
         let _ = &accept;
         let listener = tokio::net::TcpListener::bind(config.listen.http)
             .await
@@ -300,14 +188,6 @@ impl Node {
                 url.port().unwrap_or(addr.port()),
             ));
             listening.write().extend(quic_addr.map(|a| ("quic", a)));
-            #[cfg(feature = "transport-quic")]
-            if let Some(path) = &config.transports.quic.write_self_signed
-                && let Some(pem) = transports.quic.self_signed_pem()
-            {
-                std::fs::write(path, pem).with_context(|| {
-                    format!("writing the self-signed certificate to {}", path.display())
-                })?;
-            }
         }
         for url in &config.listen.urls {
             reactor

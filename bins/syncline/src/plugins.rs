@@ -1,10 +1,7 @@
 //! Runtime plugins named in the configuration (`[[plugins]] path = ...`): stores and transports
 //! syncline was not compiled with. See `docs/plugins.md`.
 
-use std::sync::Arc;
-
 use anyhow::bail;
-use syncline_core::{DynStore, Transport};
 use syncline_plugin_host::Plugin;
 
 use crate::config::PluginConfig;
@@ -34,51 +31,10 @@ impl Loaded {
         Ok(Loaded { plugins })
     }
 
-    /// Store kinds and URL schemes the plugins provide.
-    pub fn kinds(&self) -> Vec<String> {
-        let mut k = self.store_kinds();
-        k.extend(self.schemes());
-        k
-    }
-
-    /// Store kinds the plugins provide.
-    pub fn store_kinds(&self) -> Vec<String> {
-        self.plugins
-            .iter()
-            .filter_map(|p| p.store_kind().map(str::to_owned))
-            .collect()
-    }
-
-    /// URL schemes the plugins provide.
-    pub fn schemes(&self) -> Vec<String> {
-        self.plugins.iter().filter_map(|p| p.scheme()).collect()
-    }
-
-    /// The store plugin named `kind`, opened with `options`.
-    pub async fn store(
-        &self,
-        kind: &str,
-        options: &Option<serde_json::Value>,
-    ) -> anyhow::Result<Option<DynStore>> {
+    /// Registers what each plugin provides: its store kind and its transport.
+    pub fn register(&self, backends: &mut syncline_core::Backends) {
         for p in &self.plugins {
-            if p.store_kind() == Some(kind) {
-                let opts = options.clone().unwrap_or(serde_json::Value::Null);
-                return Ok(Some(p.open_store(&opts).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "store: the {kind} plugin cannot open the store: {}",
-                        e.message()
-                    )
-                })?));
-            }
+            p.register(backends);
         }
-        Ok(None)
-    }
-
-    /// The transports the plugins provide.
-    pub fn transports(&self) -> Vec<Arc<dyn Transport>> {
-        self.plugins
-            .iter()
-            .filter_map(|p| p.transport().ok())
-            .collect()
     }
 }

@@ -195,6 +195,47 @@ impl Plugin {
     }
 }
 
+impl Plugin {
+    /// Registers what it provides: a store kind named after it (configured by
+    /// `[store.<name>]`, handed to the plugin as JSON) and a transport for its scheme (configured
+    /// by `[transports.<scheme>]`, which must be empty).
+    pub fn register(&self, backends: &mut syncline_core::Backends) {
+        use syncline_core::backend::{NoSettings, StoreKind, TransportKind};
+        if let Some(kind) = self.store_kind() {
+            let plugin = self.clone();
+            backends.register_store(StoreKind::backend(
+                kind,
+                move |_, options: serde_json::Value| {
+                    let plugin = plugin.clone();
+                    async move {
+                        plugin.open_store(&options).await.map_err(|e| {
+                            Error::new(
+                                e.kind(),
+                                format!(
+                                    "the {} plugin cannot open the store: {}",
+                                    plugin.name,
+                                    e.message()
+                                ),
+                            )
+                        })
+                    }
+                },
+            ));
+        }
+        if let Some(scheme) = self.scheme() {
+            let plugin = self.clone();
+            backends.register_transport(TransportKind::backend(
+                scheme.clone(),
+                &[scheme.as_str()],
+                move |_, _, _: NoSettings| {
+                    let t = plugin.transport();
+                    async move { t }
+                },
+            ));
+        }
+    }
+}
+
 /// Turns an error code and buffer from the plugin into a `PluginError`.
 fn take_error(table: &PluginTable, code: i32, err: OwnedBytes) -> PluginError {
     let message = if err.ptr.is_null() {

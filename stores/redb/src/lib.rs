@@ -38,6 +38,9 @@ use syncline_core::{StrandHead, StrandId};
 
 pub use syncline_core::engine::Blocking;
 
+mod backend;
+pub use backend::{KIND, RedbConfig, register};
+
 /// The layout version of the engine's keys in the file; a file with another one is refused.
 pub const FORMAT_VERSION: u32 = LAYOUT_VERSION;
 

@@ -19,7 +19,9 @@
 //! Strand and sort keys are encoded as in the redb store. Connection loss surfaces as
 //! `Unavailable` (retryable); the connection manager reconnects by itself.
 
+mod backend;
 pub mod server;
+pub use backend::{KIND, RedisConfig, register};
 
 use std::sync::Arc;
 use std::time::Duration;

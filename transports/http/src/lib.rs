@@ -770,3 +770,26 @@ impl Drop for Server {
         }
     }
 }
+
+impl ServerOptions {
+    /// The options for a node: bodies up to its frame size.
+    pub fn for_node(node: &syncline_core::NodeContext) -> Self {
+        ServerOptions {
+            max_body_bytes: node.max_frame_bytes,
+            ..ServerOptions::default()
+        }
+    }
+}
+
+/// Registers the HTTP transport (`[transports.http]`, no settings); its server side is
+/// [`router`], mounted on the node's HTTP server.
+pub fn register(backends: &mut syncline_core::Backends) {
+    use syncline_core::backend::{NoSettings, TransportKind};
+    backends.register_transport(TransportKind::backend(
+        "http",
+        &["http", "https"],
+        |node, _, _: NoSettings| async move {
+            Ok(Arc::new(HttpTransport::new(node.request_timeout)?) as Arc<dyn Transport>)
+        },
+    ));
+}

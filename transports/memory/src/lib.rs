@@ -421,6 +421,28 @@ impl Transport for MemoryTransport {
     }
 }
 
+/// The `mem://` network of this process: nodes assembled from [`register`] in one process
+/// (embedded, or started by `syncline bench`) reach each other at `mem://<node id>`.
+pub fn process_network() -> &'static MemoryNetwork {
+    static NETWORK: std::sync::LazyLock<MemoryNetwork> =
+        std::sync::LazyLock::new(MemoryNetwork::new);
+    &NETWORK
+}
+
+/// Registers the memory transport (`[transports.memory]`, no settings) on this process's
+/// network.
+pub fn register(backends: &mut syncline_core::Backends) {
+    use syncline_core::backend::{NoSettings, TransportKind};
+    backends.register_transport(TransportKind::backend(
+        "memory",
+        &["mem"],
+        |node, _, _: NoSettings| async move {
+            Ok(process_network().transport(node.node_id.as_str())
+                as Arc<dyn syncline_core::Transport>)
+        },
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

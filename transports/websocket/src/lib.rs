@@ -377,6 +377,29 @@ impl Transport for WsTransport {
     }
 }
 
+impl WsOptions {
+    /// The options for a node: messages up to its frame size.
+    pub fn for_node(node: &syncline_core::NodeContext) -> Self {
+        WsOptions {
+            max_message_bytes: node.max_frame_bytes,
+            ..WsOptions::default()
+        }
+    }
+}
+
+/// Registers the WebSocket transport (`[transports.websocket]`, no settings); its server side
+/// is [`router`], mounted on the node's HTTP server.
+pub fn register(backends: &mut syncline_core::Backends) {
+    use syncline_core::backend::{NoSettings, TransportKind};
+    backends.register_transport(TransportKind::backend(
+        "websocket",
+        &["ws"],
+        |node, _, _: NoSettings| async move {
+            Ok(Arc::new(WsTransport::new(WsOptions::for_node(&node))) as Arc<dyn Transport>)
+        },
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

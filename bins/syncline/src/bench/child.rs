@@ -54,19 +54,20 @@ async fn start(
     let need_redis = || {
         redis.context("the Redis transport and store need a server: pass --redis URL or let the matrix start one")
     };
+    c.store.kind = run.store.clone();
     match run.store.as_str() {
-        "memory" => c.store.kind = "memory".into(),
-        "redb" => c.store.kind = "redb".into(),
+        "memory" | "redb" => {}
         "redis" => {
-            c.store.kind = "redis".into();
-            c.store.url = Some(need_redis()?.to_owned());
-            c.store.dataset = Some(id.clone());
+            c.store.sections.insert(
+                "redis".into(),
+                serde_json::json!({ "url": need_redis()?, "dataset": id }),
+            );
         }
         plugin => {
-            c.store.kind = plugin.into();
-            c.store.options = Some(serde_json::json!({
-                "path": dir.join(format!("{id}.{plugin}")),
-            }));
+            c.store.sections.insert(
+                plugin.into(),
+                serde_json::json!({ "path": dir.join(format!("{id}.{plugin}")) }),
+            );
         }
     }
     let mut listen_url = None;
@@ -75,7 +76,10 @@ async fn start(
         "http" | "websocket" => {}
         "quic" => {
             c.listen.quic = Some(([127, 0, 0, 1], 0).into());
-            c.transports.quic.write_self_signed = Some(dir.join(format!("{id}.pem")));
+            c.transports.insert(
+                "quic".into(),
+                serde_json::json!({ "write_self_signed": dir.join(format!("{id}.pem")) }),
+            );
         }
         "redis" => c.listen.redis = Some(with_query(need_redis()?, "as", &id)?),
         scheme => {

@@ -195,36 +195,33 @@ pub struct Matrix {
 
 /// The transports and stores this binary (and the given plugins) can run.
 fn dimensions(args: &BenchArgs) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let mut transports: Vec<String> = Vec::new();
-    for (feature, name) in [
-        ("transport-memory", "memory"),
-        ("transport-http", "http"),
-        ("transport-websocket", "websocket"),
-        ("transport-quic", "quic"),
-        ("transport-redis", "redis"),
-    ] {
-        if crate::config::compiled_features().contains(&feature) {
-            transports.push(name.into());
-        }
-    }
-    let mut stores: Vec<String> = vec!["memory".into()];
-    for (feature, name) in [("store-redb", "redb"), ("store-redis", "redis")] {
-        if crate::config::compiled_features().contains(&feature) {
-            stores.push(name.into());
-        }
-    }
-    if !args.plugins.is_empty() {
-        let configs: Vec<_> = args
-            .plugins
+    let configs: Vec<_> = args
+        .plugins
+        .iter()
+        .map(|p| crate::config::PluginConfig { path: p.clone() })
+        .collect();
+    let loaded = crate::plugins::Loaded::load(&configs)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("plugins[", "--plugin [")))?;
+    let backends = crate::backends::NodeBackends::compiled()
+        .with_plugins(&loaded)
+        .backends;
+    // The built-in ones first, in the order of the tables in docs/benchmarks.md.
+    let order = |names: Vec<String>, first: &[&str]| {
+        let mut v: Vec<String> = first
             .iter()
-            .map(|p| crate::config::PluginConfig { path: p.clone() })
+            .filter(|n| names.iter().any(|m| m == *n))
+            .map(|n| (*n).to_owned())
             .collect();
-        let loaded = crate::plugins::Loaded::load(&configs)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("plugins[", "--plugin [")))?;
-        transports.extend(loaded.schemes());
-        stores.extend(loaded.store_kinds());
-    }
-    Ok((transports, stores))
+        v.extend(names.into_iter().filter(|n| !first.contains(&n.as_str())));
+        v
+    };
+    Ok((
+        order(
+            backends.transport_names(),
+            &["memory", "http", "websocket", "quic", "redis"],
+        ),
+        order(backends.store_kinds(), &["memory", "redb", "redis"]),
+    ))
 }
 
 fn patterns(only: &[String]) -> anyhow::Result<Option<GlobSet>> {

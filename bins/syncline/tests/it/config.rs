@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use syncline::config::{Config, compiled_features};
+use syncline::backends::NodeBackends;
+use syncline::config::Config;
 
 use crate::support::syncline;
 
@@ -149,29 +150,21 @@ fn invalid_configurations_name_the_key_and_the_reason() {
 
 #[test]
 fn features_not_compiled_in_are_named() {
-    let c = Config {
-        store: syncline::config::StoreConfig {
-            kind: "redis".into(),
-            url: Some("redis://127.0.0.1:1".into()),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    let without: Vec<&str> = compiled_features()
-        .into_iter()
-        .filter(|f| *f != "store-redis")
-        .collect();
-    let e = c.validate(&without, &[]).unwrap_err();
+    let mut c = Config::default();
+    c.store.kind = "redis".into();
+    c.store.sections.insert(
+        "redis".into(),
+        serde_json::json!({ "url": "redis://127.0.0.1:1" }),
+    );
+    let without = NodeBackends::without(&["store-redis"]);
+    let e = c.validate(&without).unwrap_err();
     assert_eq!(e.key, "store.kind");
     assert!(e.reason.contains("--features store-redis"), "{e}");
     let mut c = Config::default();
     c.remotes
         .push(syncline_core::RemoteConfig::new("b", "quic://127.0.0.1:4433").unwrap());
-    let without: Vec<&str> = compiled_features()
-        .into_iter()
-        .filter(|f| *f != "transport-quic")
-        .collect();
-    let e = c.validate(&without, &[]).unwrap_err();
+    let without = NodeBackends::without(&["transport-quic"]);
+    let e = c.validate(&without).unwrap_err();
     assert_eq!(e.key, "remotes[0].url");
     assert!(e.reason.contains("transport-quic"), "{e}");
 }

@@ -212,7 +212,7 @@ fn two_nodes_sync_10k_operations_through_the_tcp_plugin_onto_the_kvfile_plugin()
     );
     let store = |name: &str| {
         format!(
-            "[store]\nkind = \"kvfile\"\noptions = {{ path = \"{}\" }}\n",
+            "[store]\nkind = \"kvfile\"\n[store.kvfile]\npath = \"{}\"\n",
             d.join(format!("{name}.kv")).display()
         )
     };
