@@ -315,6 +315,20 @@ impl<C: Settings> TransportKind<C> {
     }
 }
 
+impl TransportKind<NoSettings> {
+    /// A transport without settings (`[transports.<name>]` must be empty), made from the node
+    /// alone.
+    pub fn plain(
+        name: &str,
+        schemes: &[&str],
+        make: impl Fn(&NodeContext) -> Result<Arc<dyn Transport>> + Send + Sync + 'static,
+    ) -> Arc<dyn TransportBackend> {
+        TransportKind::backend(name, schemes, move |node, _, _: NoSettings| {
+            futures::future::ready(make(&node))
+        })
+    }
+}
+
 impl<C> fmt::Debug for TransportKind<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TransportKind({}: {:?})", self.name, self.schemes)

@@ -200,7 +200,7 @@ impl Plugin {
     /// `[store.<name>]`, handed to the plugin as JSON) and a transport for its scheme (configured
     /// by `[transports.<scheme>]`, which must be empty).
     pub fn register(&self, backends: &mut syncline_core::Backends) {
-        use syncline_core::backend::{NoSettings, StoreKind, TransportKind};
+        use syncline_core::backend::{StoreKind, TransportKind};
         if let Some(kind) = self.store_kind() {
             let plugin = self.clone();
             backends.register_store(StoreKind::backend(
@@ -224,14 +224,9 @@ impl Plugin {
         }
         if let Some(scheme) = self.scheme() {
             let plugin = self.clone();
-            backends.register_transport(TransportKind::backend(
-                scheme.clone(),
-                &[scheme.as_str()],
-                move |_, _, _: NoSettings| {
-                    let t = plugin.transport();
-                    async move { t }
-                },
-            ));
+            backends.register_transport(TransportKind::plain(&scheme, &[&scheme], move |_| {
+                plugin.transport()
+            }));
         }
     }
 }

@@ -784,12 +784,10 @@ impl ServerOptions {
 /// Registers the HTTP transport (`[transports.http]`, no settings); its server side is
 /// [`router`], mounted on the node's HTTP server.
 pub fn register(backends: &mut syncline_core::Backends) {
-    use syncline_core::backend::{NoSettings, TransportKind};
-    backends.register_transport(TransportKind::backend(
+    let schemes = &["http", "https"];
+    backends.register_transport(syncline_core::TransportKind::plain(
         "http",
-        &["http", "https"],
-        |node, _, _: NoSettings| async move {
-            Ok(Arc::new(HttpTransport::new(node.request_timeout)?) as Arc<dyn Transport>)
-        },
+        schemes,
+        |node| Ok(Arc::new(HttpTransport::new(node.request_timeout)?)),
     ));
 }

@@ -432,14 +432,10 @@ pub fn process_network() -> &'static MemoryNetwork {
 /// Registers the memory transport (`[transports.memory]`, no settings) on this process's
 /// network.
 pub fn register(backends: &mut syncline_core::Backends) {
-    use syncline_core::backend::{NoSettings, TransportKind};
-    backends.register_transport(TransportKind::backend(
+    backends.register_transport(syncline_core::TransportKind::plain(
         "memory",
         &["mem"],
-        |node, _, _: NoSettings| async move {
-            Ok(process_network().transport(node.node_id.as_str())
-                as Arc<dyn syncline_core::Transport>)
-        },
+        |node| Ok(process_network().transport(node.node_id.as_str())),
     ));
 }
 

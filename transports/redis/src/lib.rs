@@ -510,10 +510,9 @@ async fn listen_loop(
 
 /// Registers the Redis pub/sub transport (`[transports.redis]`, no settings).
 pub fn register(backends: &mut syncline_core::Backends) {
-    use syncline_core::backend::{NoSettings, TransportKind};
-    backends.register_transport(TransportKind::backend(
+    backends.register_transport(syncline_core::TransportKind::plain(
         "redis",
         &["redis"],
-        |_, _, _: NoSettings| async { Ok(Arc::new(RedisTransport::new()) as Arc<dyn Transport>) },
+        |_| Ok(Arc::new(RedisTransport::new())),
     ));
 }

@@ -390,13 +390,10 @@ impl WsOptions {
 /// Registers the WebSocket transport (`[transports.websocket]`, no settings); its server side
 /// is [`router`], mounted on the node's HTTP server.
 pub fn register(backends: &mut syncline_core::Backends) {
-    use syncline_core::backend::{NoSettings, TransportKind};
-    backends.register_transport(TransportKind::backend(
+    backends.register_transport(syncline_core::TransportKind::plain(
         "websocket",
         &["ws"],
-        |node, _, _: NoSettings| async move {
-            Ok(Arc::new(WsTransport::new(WsOptions::for_node(&node))) as Arc<dyn Transport>)
-        },
+        |node| Ok(Arc::new(WsTransport::new(WsOptions::for_node(node)))),
     ));
 }
 
