@@ -3,8 +3,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod demo;
-
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -42,8 +40,10 @@ enum Command {
     /// Shows a node's sync status.
     Status(NodeArgs),
     /// Starts three nodes on loopback, writes on all of them and shows them converge.
-    Demo(demo::DemoArgs),
+    #[cfg(feature = "tools")]
+    Demo(syncline::demo::DemoArgs),
     /// Benchmarks every transport × store combination with several workloads.
+    #[cfg(feature = "tools")]
     Bench(syncline::bench::BenchArgs),
 }
 
@@ -314,7 +314,9 @@ fn main() -> anyhow::Result<()> {
             Command::Node { config } => run_node(config).await,
             Command::Doc(cmd) => doc(cmd).await,
             Command::Status(args) => status(args).await,
-            Command::Demo(args) => demo::run(args).await,
+            #[cfg(feature = "tools")]
+            Command::Demo(args) => syncline::demo::run(args).await,
+            #[cfg(feature = "tools")]
             Command::Bench(args) => syncline::bench::main(args).await,
             Command::Config(_) => unreachable!("handled above"),
         }

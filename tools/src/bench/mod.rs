@@ -198,11 +198,11 @@ fn dimensions(args: &BenchArgs) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let configs: Vec<_> = args
         .plugins
         .iter()
-        .map(|p| crate::config::PluginConfig { path: p.clone() })
+        .map(|p| syncline_node::config::PluginConfig { path: p.clone() })
         .collect();
-    let loaded = crate::plugins::Loaded::load(&configs)
+    let loaded = syncline_node::plugins::Loaded::load(&configs)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("plugins[", "--plugin [")))?;
-    let backends = crate::backends::NodeBackends::compiled()
+    let backends = syncline_node::backends::NodeBackends::compiled()
         .with_plugins(&loaded)
         .backends;
     // The built-in ones first, in the order of the tables in docs/benchmarks.md.
@@ -598,13 +598,8 @@ mod tests {
             .collect()
     }
 
+    // The tests build the node with every backend (a dev-dependency with its default features).
     #[test]
-    #[cfg(all(
-        feature = "transport-memory",
-        feature = "transport-http",
-        feature = "transport-websocket",
-        feature = "transport-quic"
-    ))]
     fn patterns_select_runs() {
         assert_eq!(
             names(&["--only", "memory/memory"]),
@@ -630,7 +625,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg(feature = "transport-websocket")]
     fn bad_patterns_are_explained() {
         let e = select(&args(&["--only", "carrier-pigeon/memory"]))
             .unwrap_err()

@@ -10,8 +10,8 @@ use syncline_core::{RemoteConfig, SyncMode};
 
 use super::workloads::{self, OneWay, Pair};
 use super::{Record, RunId};
-use crate::config::{Config, PluginConfig};
-use crate::node::Node;
+use syncline_node::config::{Config, PluginConfig};
+use syncline_node::node::Node;
 
 /// A node of the pair and the URL the other one dials to reach it.
 struct Side {
@@ -108,7 +108,7 @@ async fn start(
 
 /// Bytes of sync frames sent so far by every session in this process.
 fn frame_bytes_out() -> Option<u64> {
-    let text = crate::node::metrics_handle().ok()?.render();
+    let text = syncline_node::node::metrics_handle().ok()?.render();
     // No line yet: nothing was sent yet.
     Some(
         text.lines()

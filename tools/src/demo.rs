@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use syncline::client::Client;
-use syncline::config::Config;
-use syncline::node::Node;
 use syncline_core::{RemoteConfig, SyncMode};
+use syncline_node::client::Client;
+use syncline_node::config::Config;
+use syncline_node::node::Node;
 
 /// Options of the demo.
 #[derive(clap::Args, Debug)]
-pub(crate) struct DemoArgs {
+pub struct DemoArgs {
     /// Operations written on each node.
     #[arg(long, default_value_t = 20_000)]
     ops: usize,
@@ -53,7 +53,7 @@ fn node_config(name: &str, dir: &std::path::Path, quic: bool) -> Config {
     c
 }
 
-pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let a = Node::start(node_config("a", dir.path(), false)).await?;
     let b = Node::start(node_config("b", dir.path(), false)).await?;

@@ -17,7 +17,7 @@ use crate::config::{Config, SchedulerKind};
 use crate::serve::{HttpServer, ServerLimits};
 
 /// The process-wide Prometheus recorder (installed once).
-pub(crate) fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
