@@ -120,3 +120,115 @@ impl FrameHead {
         }
     }
 }
+
+impl FrameHead {
+    /// The kind of an error frame, read from the error's first field (its message is skipped,
+    /// not decoded); a kind this build does not know reads as `internal`. `None` if `frame`
+    /// is not an error frame.
+    pub fn error_kind(frame: &[u8]) -> Option<ErrorKind> {
+        let head = FrameHead::peek(frame)?;
+        if head.kind != FrameKind::Error {
+            return None;
+        }
+        let name = match head.codec {
+            Codec::Binary => {
+                let (name, _) = postcard::take_from_bytes::<&str>(&frame[HEADER_LEN..]).ok()?;
+                name.to_owned()
+            }
+            Codec::Json => {
+                #[derive(Deserialize)]
+                struct Kind {
+                    kind: String,
+                }
+                #[derive(Deserialize)]
+                struct Body {
+                    error: Kind,
+                }
+                #[derive(Deserialize)]
+                struct Head {
+                    body: Body,
+                }
+                serde_json::from_slice::<Head>(frame).ok()?.body.error.kind
+            }
+        };
+        Some(ErrorKind::parse(&name).unwrap_or(ErrorKind::Internal))
+    }
+
+    /// The id and message type of a request frame, read from its head; or, for a frame that is
+    /// not a request the head can name, the id to answer (0 if unknown) and why it cannot be
+    /// served (only then is the frame decoded, to say precisely what is wrong with it).
+    pub fn request(frame: &[u8]) -> std::result::Result<(u64, MessageType), (u64, Error)> {
+        match FrameHead::peek(frame) {
+            Some(FrameHead {
+                kind: FrameKind::Request,
+                message: Some(m),
+                id,
+                ..
+            }) => Ok((id, m)),
+            _ => Err(match Codec::decode(frame) {
+                Ok(env) => (env.id, Error::invalid("only requests can be sent here")),
+                Err(de) => (de.id.unwrap_or(0), de.error),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_frame(codec: Codec, kind: &str) -> Vec<u8> {
+        codec
+            .encode(&Envelope {
+                v: PROTOCOL_VERSION,
+                id: 7,
+                body: Body::Error(WireError {
+                    kind: kind.into(),
+                    message: "a \"quoted\" reason, in a message that is not read".into(),
+                }),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn an_error_frame_tells_its_kind_without_its_message() {
+        for codec in [Codec::Binary, Codec::Json] {
+            for kind in [
+                ErrorKind::HashMismatch,
+                ErrorKind::Unauthenticated,
+                ErrorKind::Backpressure,
+                ErrorKind::Unsupported,
+            ] {
+                let frame = error_frame(codec, kind.as_str());
+                assert_eq!(FrameHead::error_kind(&frame), Some(kind), "{codec:?}");
+            }
+            // A kind from a newer peer reads as internal, as a decoded one does.
+            let frame = error_frame(codec, "from_the_future");
+            assert_eq!(FrameHead::error_kind(&frame), Some(ErrorKind::Internal));
+            // Not an error: no kind.
+            let ack = codec
+                .encode(&Envelope {
+                    v: PROTOCOL_VERSION,
+                    id: 1,
+                    body: Body::Request(Request::Ack(Ack {
+                        listener_id: "l".into(),
+                        cursor: Ordinal(1),
+                        refused: Vec::new(),
+                    })),
+                })
+                .unwrap();
+            assert_eq!(FrameHead::error_kind(&ack), None, "{codec:?}");
+            assert_eq!(
+                FrameHead::request(&ack).unwrap(),
+                (1, MessageType::Ack),
+                "{codec:?}"
+            );
+            // An error frame is not a request: refused with its id, as invalid input.
+            let (id, e) = FrameHead::request(&error_frame(codec, "timeout")).unwrap_err();
+            assert_eq!((id, e.kind()), (7, ErrorKind::InvalidInput), "{codec:?}");
+        }
+        assert_eq!(FrameHead::error_kind(b"SY"), None);
+        let (id, e) = FrameHead::request(b"GET / HTTP/1.1\r\n").unwrap_err();
+        assert_eq!((id, e.kind()), (0, ErrorKind::Malformed));
+    }
+}

@@ -37,7 +37,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use syncline_core::protocol::{
     Body as MessageBody, Codec, Envelope, FrameHead, FrameKind, MessageType, PROTOCOL_VERSION,
-    Response,
 };
 use syncline_core::telemetry;
 use syncline_core::{
@@ -212,16 +211,16 @@ impl FrameSender for ClientSender {
             match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
+                    let token = resp
+                        .headers()
+                        .get(SESSION_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
                     match resp.bytes().await {
                         Ok(body) => {
                             let welcome = is_welcome(&body);
-                            if welcome
-                                && let Ok(Envelope {
-                                    body: MessageBody::Response(Response::Welcome(w)),
-                                    ..
-                                }) = Codec::decode(&body)
-                            {
-                                *link.session.lock() = Some(w.session);
+                            if welcome && let Some(token) = token {
+                                *link.session.lock() = Some(token);
                             }
                             let forgot = status == StatusCode::UNAUTHORIZED
                                 && link.session.lock().is_some()
@@ -377,6 +376,16 @@ struct ServerState {
     accept: Accept,
     options: ServerOptions,
     sessions: Mutex<HashMap<String, Arc<Virtual>>>,
+    /// Draws the session tokens: unguessable, so one client cannot use another's session.
+    tokens: Mutex<rand::rngs::StdRng>,
+}
+
+impl ServerState {
+    /// A new HTTP session token (128 random bits, hex).
+    fn new_token(&self) -> String {
+        use rand::Rng;
+        format!("{:032x}", self.tokens.lock().random::<u128>())
+    }
 }
 
 struct VirtualSender {
@@ -411,9 +420,11 @@ impl FrameSender for VirtualSender {
 
 /// The status of an error answer: the table the application API uses too.
 fn status_of(kind: &str) -> StatusCode {
-    ErrorKind::parse(kind)
-        .and_then(|k| StatusCode::from_u16(k.http_status()).ok())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    ErrorKind::parse(kind).map_or(StatusCode::INTERNAL_SERVER_ERROR, status_of_kind)
+}
+
+fn status_of_kind(kind: ErrorKind) -> StatusCode {
+    StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 fn frame_response(codec: Codec, status: StatusCode, frame: Vec<u8>) -> HttpResponse {
@@ -496,31 +507,14 @@ async fn handle(
         }
     };
     // The head says what the request is; the session decodes the message (once).
-    let (id, message) = match FrameHead::peek(&bytes) {
-        Some(FrameHead {
-            kind: FrameKind::Request,
-            message: Some(m),
-            id,
-            ..
-        }) => (id, m),
-        _ => {
-            // Not a request the head can name: decode it whole for the precise error.
-            let (id, error, reason) = match Codec::decode(&bytes) {
-                Ok(env) => (
-                    env.id,
-                    Error::invalid("over HTTP only requests can be sent to the server"),
-                    "malformed",
-                ),
-                Err(de) => {
-                    let reason = if de.error.kind() == ErrorKind::ProtocolVersion {
-                        "protocol_version"
-                    } else {
-                        "malformed"
-                    };
-                    (de.id.unwrap_or(0), de.error, reason)
-                }
-            };
-            telemetry::frame_rejected(reason);
+    let (id, message) = match FrameHead::request(&bytes) {
+        Ok(request) => request,
+        Err((id, error)) => {
+            telemetry::frame_rejected(if error.kind() == ErrorKind::ProtocolVersion {
+                "protocol_version"
+            } else {
+                "malformed"
+            });
             return error_response(codec, id, &error);
         }
     };
@@ -624,28 +618,26 @@ async fn handle(
             );
         }
     };
-    // Only a welcome (for its session id) and an error (for its status) are decoded.
-    let status = match FrameHead::peek(&answer).map(|h| h.kind) {
-        Some(FrameKind::Response) if is_welcome(&answer) => match Codec::decode(&answer) {
-            Ok(Envelope {
-                body: MessageBody::Response(Response::Welcome(w)),
-                ..
-            }) => {
-                state.sessions.lock().insert(w.session, virt);
-                StatusCode::OK
-            }
+    // Only heads are read: a welcome opens the HTTP session (under a token of the server's
+    // own, sent as a header), an error's kind gives the status.
+    let head = FrameHead::peek(&answer);
+    let mut response = frame_response(
+        codec,
+        match head.map(|h| h.kind) {
+            Some(FrameKind::Error) => FrameHead::error_kind(&answer)
+                .map_or(StatusCode::INTERNAL_SERVER_ERROR, status_of_kind),
             _ => StatusCode::OK,
         },
-        Some(FrameKind::Error) => match Codec::decode(&answer) {
-            Ok(Envelope {
-                body: MessageBody::Error(w),
-                ..
-            }) => status_of(&w.kind),
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        },
-        _ => StatusCode::OK,
-    };
-    frame_response(codec, status, answer.to_vec())
+        answer.to_vec(),
+    );
+    if message == MessageType::Hello && is_welcome(&answer) {
+        let token = state.new_token();
+        if let Ok(v) = HeaderValue::from_str(&token) {
+            response.headers_mut().insert(SESSION_HEADER, v);
+            state.sessions.lock().insert(token, virt);
+        }
+    }
+    response
 }
 
 /// The sync routes, handing each new session's link to `accept`.
@@ -654,6 +646,7 @@ pub fn router(accept: Accept, options: ServerOptions) -> Router {
         accept,
         options,
         sessions: Mutex::new(HashMap::new()),
+        tokens: Mutex::new(rand::SeedableRng::from_os_rng()),
     });
     let janitor = Arc::downgrade(&state);
     tokio::spawn(async move {

@@ -521,3 +521,81 @@ async fn limits_and_refusals_through_the_api() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Over HTTP a sync session is named by a token the server draws and sends as the
+/// `syncline-session` header of the welcome: 128 random bits, different for every hello, and
+/// not the protocol session id inside the welcome (which the transport never reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sync_sessions_are_named_by_server_tokens() {
+    use syncline::core::protocol::{Body, Codec, Envelope, PROTOCOL_VERSION, Request, Response};
+    let n = node("tokens").await;
+    let base = format!("http://{}/v1/sync", n.http_addr);
+    let client = reqwest::Client::new();
+    let frame = |id: u64, request: Request| {
+        Codec::Json
+            .encode(&Envelope {
+                v: PROTOCOL_VERSION,
+                id,
+                body: Body::Request(request),
+            })
+            .unwrap()
+    };
+    let hello = || {
+        frame(
+            1,
+            Request::Hello(syncline::core::protocol::Hello {
+                reactor_id: syncline::core::ReactorId::new("caller").unwrap(),
+                protocol: PROTOCOL_VERSION,
+                credentials: None,
+                capabilities: Vec::new(),
+            }),
+        )
+    };
+    let post = |path: &str, token: Option<&str>, body: Vec<u8>| {
+        let mut r = client
+            .post(format!("{base}/{path}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.header("syncline-session", t);
+        }
+        r.send()
+    };
+    let mut tokens = Vec::new();
+    let mut welcome_session = String::new();
+    for _ in 0..2 {
+        let r = post("hello", None, hello()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let token = r.headers()["syncline-session"].to_str().unwrap().to_owned();
+        assert_eq!(token.len(), 32, "{token}");
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+        let env = Codec::decode(&r.bytes().await.unwrap()).unwrap();
+        let Body::Response(Response::Welcome(w)) = env.body else {
+            panic!("not a welcome: {env:?}")
+        };
+        assert_ne!(w.session, token);
+        welcome_session = w.session;
+        tokens.push(token);
+    }
+    assert_ne!(tokens[0], tokens[1], "every hello draws a new token");
+    let directory = || {
+        frame(
+            2,
+            Request::Directory(syncline::core::protocol::Directory {
+                filter: Default::default(),
+            }),
+        )
+    };
+    // The token opens the session; the welcome's own id, or no header, does not.
+    let ok = post("directory", Some(&tokens[1]), directory())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "{:?}", ok.text().await);
+    let wrong = post("directory", Some(&welcome_session), directory())
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let none = post("directory", None, directory()).await.unwrap();
+    assert_eq!(none.status(), 401);
+    n.shutdown().await;
+}
