@@ -1,0 +1,286 @@
+//! The responder: serves peers' requests (seed 004's pull responder and push receiver) and
+//! pokes listening peers when new operations are written.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lru::LruCache;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::SyncContext;
+use super::remote::TaskGroup;
+use super::state::ListenerRecord;
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Event;
+use crate::protocol::{Hello, Notification, PROTOCOL_VERSION, Poke, Request, Response, Welcome};
+use crate::session::{Session, SessionHandler};
+use crate::telemetry;
+use crate::types::ReactorId;
+
+#[derive(Debug, Default)]
+struct PokeState {
+    /// Sources of operations written since the poker last ran (`None` = local).
+    sources: Mutex<Vec<Option<ReactorId>>>,
+    wake: Notify,
+}
+
+/// Serves peers.
+#[derive(Debug)]
+pub(crate) struct Responder {
+    ctx: Arc<SyncContext>,
+    /// Listeners by id, the most recently used first.
+    listeners: Mutex<LruCache<String, ListenerRecord>>,
+    sessions: Mutex<Vec<Session>>,
+    /// Set when the manager shut down: no session is admitted after that.
+    closed: std::sync::atomic::AtomicBool,
+    poke: Arc<PokeState>,
+}
+
+mod incoming;
+mod listeners;
+
+pub(crate) use incoming::Verdicts;
+
+impl Responder {
+    pub(crate) async fn start(ctx: Arc<SyncContext>) -> Result<(Arc<Self>, TaskGroup)> {
+        let mut stored = ctx.state.listeners().await?;
+        // The least recently used first, so the most recently used ends up at the front.
+        stored.sort_by_key(|l| l.last_used_ms.max(l.created_ms));
+        let mut listeners = LruCache::unbounded();
+        for l in stored {
+            listeners.put(l.id.clone(), l);
+        }
+        telemetry::listeners(listeners.len());
+        let poke = Arc::new(PokeState::default());
+        let p = poke.clone();
+        ctx.bus.on(move |event| {
+            let Event::OperationsWritten(w) = event else {
+                return;
+            };
+            {
+                let mut sources = p.sources.lock();
+                for s in w.sources() {
+                    if !sources.contains(&s) {
+                        sources.push(s);
+                    }
+                }
+            }
+            p.wake.notify_one();
+        });
+        let responder = Arc::new(Responder {
+            ctx,
+            listeners: Mutex::new(listeners),
+            sessions: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            poke,
+        });
+        let mut tasks = TaskGroup::default();
+        tasks.spawn(responder.clone().poke_loop());
+        tasks.spawn(responder.clone().expiry_loop());
+        Ok((responder, tasks))
+    }
+
+    pub(crate) fn close_sessions(&self) {
+        let sessions = {
+            let mut list = self.sessions.lock();
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *list)
+        };
+        for s in sessions {
+            s.close();
+        }
+    }
+
+    /// Tells listening peers that something new is there, at most one outstanding poke per
+    /// session, and never about operations that came from that peer.
+    async fn poke_loop(self: Arc<Self>) {
+        loop {
+            self.poke.wake.notified().await;
+            let sources = std::mem::take(&mut *self.poke.sources.lock());
+            let head = self.ctx.head();
+            let sessions: Vec<Session> = {
+                let mut s = self.sessions.lock();
+                s.retain(|x| !x.is_closed());
+                telemetry::sessions(s.len());
+                s.clone()
+            };
+            for s in sessions {
+                if !s.info().duplex {
+                    continue;
+                }
+                let Some(peer) = s.peer().cloned() else {
+                    continue;
+                };
+                if !sources.iter().any(|src| src.as_ref() != Some(&peer)) {
+                    continue;
+                }
+                // A peer we push to gets the operations from our pusher; poking it would only
+                // make it pull what is already on its way.
+                if self.ctx.remotes_of(&peer).iter().any(|r| r.pushes_live()) {
+                    continue;
+                }
+                {
+                    let mut st = s.responder_state();
+                    if st.poke_pending || st.listeners.is_empty() {
+                        continue;
+                    }
+                    st.poke_pending = true;
+                }
+                if let Err(e) = s.notify(Notification::Poke(Poke { head })).await {
+                    tracing::debug!(peer = %peer, error = %e, "poke failed");
+                }
+            }
+        }
+    }
+
+    /// Counts a session that said hello against the session limits: beyond
+    /// `max_sessions_per_peer` the peer's oldest session is closed; beyond `max_sessions` the
+    /// hello is refused.
+    fn admit(&self, session: &Session, peer: &ReactorId) -> Result<()> {
+        let config = &self.ctx.config;
+        let evicted = {
+            let mut sessions = self.sessions.lock();
+            // Checked under the lock `close_sessions` takes, so no session slips in after it.
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                // A hello that reaches a reactor that stopped (its listener not gone yet):
+                // nobody would answer the session, so it ends and the peer dials again.
+                drop(sessions);
+                session.close();
+                return Err(Error::closed("the reactor is shutting down"));
+            }
+            sessions.retain(|s| !s.is_closed());
+            if sessions.iter().any(|s| s.id() == session.id()) {
+                return Ok(());
+            }
+            let of_peer = sessions.iter().filter(|s| s.peer() == Some(peer)).count();
+            let evicted = if of_peer >= config.max_sessions_per_peer {
+                // The list keeps hello order: the first of the peer's is its oldest.
+                sessions.iter().find(|s| s.peer() == Some(peer)).cloned()
+            } else {
+                None
+            };
+            if evicted.is_none() && sessions.len() >= config.max_sessions {
+                telemetry::session_refused("max_sessions");
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "this node serves its limit of {} sessions (sync.max_sessions); try \
+                         again later",
+                        config.max_sessions
+                    ),
+                ));
+            }
+            if let Some(old) = &evicted {
+                sessions.retain(|s| s.id() != old.id());
+            }
+            sessions.push(session.clone());
+            telemetry::sessions(sessions.len());
+            evicted
+        };
+        if let Some(old) = evicted {
+            tracing::info!(
+                peer = %peer, transport = old.info().transport,
+                "reactor {peer} opened more than {} sessions (sync.max_sessions_per_peer); \
+                 closing its oldest", config.max_sessions_per_peer
+            );
+            telemetry::session_refused("max_sessions_per_peer");
+            old.close();
+        }
+        Ok(())
+    }
+
+    fn remember(&self, session: &Session) {
+        let mut s = self.sessions.lock();
+        if !s.iter().any(|x| x.id() == session.id()) {
+            s.push(session.clone());
+        }
+    }
+
+    fn hello(&self, session: &Session, hello: Hello) -> Result<Response> {
+        if hello.protocol < PROTOCOL_VERSION {
+            return Err(Error::new(
+                ErrorKind::ProtocolVersion,
+                format!(
+                    "reactor {} speaks protocol version {} at most; this node needs {PROTOCOL_VERSION}",
+                    hello.reactor_id, hello.protocol
+                ),
+            ));
+        }
+        if hello.reactor_id == self.ctx.reactor {
+            return Err(Error::invalid(format!(
+                "reactor {} connected to itself",
+                hello.reactor_id
+            )));
+        }
+        self.ctx
+            .permissions
+            .authenticate(&hello.reactor_id, hello.credentials.as_deref())?;
+        self.admit(session, &hello.reactor_id)?;
+        session.set_peer(hello.reactor_id.clone())?;
+        let s = session.clone();
+        self.ctx.inbound.send_modify(|m| {
+            m.insert(hello.reactor_id, s);
+        });
+        Ok(Response::Welcome(Welcome {
+            reactor_id: self.ctx.reactor.clone(),
+            session: format!("{:016x}", self.ctx.entropy.next_u64()),
+            protocol: PROTOCOL_VERSION,
+        }))
+    }
+}
+
+#[async_trait]
+impl SessionHandler for Responder {
+    async fn handle(&self, session: &Session, request: Request) -> Result<Response> {
+        let request = match request {
+            Request::Hello(h) => return self.hello(session, h),
+            other => other,
+        };
+        let peer = session.peer().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unauthenticated,
+                "the session has not said hello; send a hello request first",
+            )
+        })?;
+        match request {
+            Request::Hello(_) => unreachable!("handled above"),
+            Request::Register(r) => self.register(session, peer, r).await,
+            Request::Pull(p) => self.pull(session, peer, p).await,
+            Request::Ack(a) => self.ack(peer, a).await,
+            Request::Push(p) => self.push(peer, p).await,
+            Request::Directory(d) => self.directory(peer, d).await,
+        }
+    }
+
+    fn notified(&self, session: &Session, notification: Notification) {
+        // A poke on a session the peer opened wakes our `peer://` remotes that pull from it
+        // (pokes on sessions we dialled go to the client handler).
+        let Notification::Poke(_) = notification;
+        if let Some(peer) = session.peer() {
+            for r in self.ctx.remotes_of(peer) {
+                if r.config.mode.pulls() {
+                    r.wake_pull.notify_one();
+                }
+            }
+        }
+    }
+
+    fn closed(&self, session: &Session) {
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|s| s.id() != session.id() && !s.is_closed());
+            telemetry::sessions(sessions.len());
+        }
+        if let Some(peer) = session.peer() {
+            self.ctx.inbound.send_if_modified(|m| {
+                if m.get(peer).is_some_and(|s| s.id() == session.id()) {
+                    m.remove(peer);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
