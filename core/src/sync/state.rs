@@ -8,7 +8,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result, WireError};
-use crate::filter::Filter;
 use crate::store::{DynStore, MetaSpace, MetaWrite};
 use crate::types::{
     DocumentType, OpId, Operation, Ordinal, ReactorId, RemoteName, SortKey, StrandId,
@@ -47,25 +46,7 @@ pub struct RemoteRecord {
     pub peer: Option<ReactorId>,
 }
 
-/// A pulling peer's registration with us.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ListenerRecord {
-    /// The listener id.
-    pub id: String,
-    /// The peer that registered it (only it may pull with it).
-    pub peer: ReactorId,
-    /// Which strands it gets.
-    pub filter: Filter,
-    /// How far the peer acknowledged our feed.
-    pub cursor: Ordinal,
-    /// When it was registered (ms since the epoch).
-    pub created_ms: u64,
-    /// When its peer last registered, pulled with it or acknowledged (ms since the epoch);
-    /// stored on registration and acknowledgement. A listener unused for `sync.listener_ttl`
-    /// is forgotten.
-    #[serde(default)]
-    pub last_used_ms: u64,
-}
+pub use syncline_proto::sync::listeners::ListenerRecord;
 
 /// A batch that failed permanently (or exhausted its retries), kept with its error.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

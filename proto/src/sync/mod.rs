@@ -1,4 +1,5 @@
-//! The sync state machines: what one remote does next, decided without I/O.
+//! The sync state machines: what one remote does next, and the responder's listener table,
+//! decided without I/O.
 //!
 //! Each machine takes inputs (a session came up or went away, a feed page was read, a request
 //! was answered, a timer fired), each with the time `now` passed in, and queues effects for its
@@ -8,6 +9,7 @@
 //! arguments too, so the same inputs always give the same effects.
 
 pub mod connector;
+pub mod listeners;
 pub mod puller;
 pub mod pusher;
 pub mod window;

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lru::LruCache;
-
 use super::Responder;
-use crate::error::{Error, ErrorKind, Result, WireError};
+use crate::error::{Error, Result, WireError};
 use crate::protocol::{
     Ack, Acked, Pull, Pulled, PushResult, Register, Registered, Response, StrandUpdate,
 };
@@ -16,6 +14,7 @@ use crate::sync::ListenerStatus;
 use crate::sync::state::ListenerRecord;
 use crate::telemetry;
 use crate::types::{Operation, Ordinal, ReactorId};
+use syncline_proto::sync::listeners::Registration;
 
 impl Responder {
     pub(crate) fn listener_status(&self, head: Ordinal) -> Vec<ListenerStatus> {
@@ -23,7 +22,7 @@ impl Responder {
             .listeners
             .lock()
             .iter()
-            .map(|(_, l)| ListenerStatus {
+            .map(|l| ListenerStatus {
                 id: l.id.clone(),
                 peer: l.peer.clone(),
                 cursor: l.cursor,
@@ -35,25 +34,9 @@ impl Responder {
     }
 
     /// The listener `id` of `peer`, marked as used now.
-    pub(super) fn listener(&self, id: &str, peer: &ReactorId) -> Result<ListenerRecord> {
+    fn listener(&self, id: &str, peer: &ReactorId) -> Result<ListenerRecord> {
         let now = self.ctx.now_ms();
-        let l = {
-            let mut map = self.listeners.lock();
-            let l = map.get_mut(id).ok_or_else(|| {
-                Error::not_found(format!("unknown listener {id:?}; register again"))
-            })?;
-            if &l.peer == peer {
-                l.last_used_ms = l.last_used_ms.max(now);
-            }
-            l.clone()
-        };
-        if &l.peer != peer {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!("listener {id:?} belongs to reactor {}, not {peer}", l.peer),
-            ));
-        }
-        Ok(l)
+        self.listeners.lock().get(id, peer, now)
     }
 
     pub(super) fn attach_listener(&self, session: &Session, id: &str) {
@@ -64,10 +47,8 @@ impl Responder {
         }
     }
 
-    /// Registers a listener. A peer registering a filter it already has a listener for gets
-    /// that listener back (its cursor set to `since`), so re-registrations never pile up;
-    /// beyond `max_listeners_per_peer` (or `max_listeners` in all) the least recently used
-    /// listener is forgotten.
+    /// Registers a listener (`syncline_proto::sync::listeners::Listeners::register`): stores it, deletes those forgotten to
+    /// make room, and attaches it to the session (for pokes).
     pub(super) async fn register(
         &self,
         session: &Session,
@@ -76,48 +57,23 @@ impl Responder {
     ) -> Result<Response> {
         r.filter.validate()?;
         let now = self.ctx.now_ms();
-        let (record, forget) = {
-            let mut map = self.listeners.lock();
-            let same = map
-                .iter()
-                .find(|(_, l)| l.peer == peer && l.filter == r.filter)
-                .map(|(id, _)| id.clone());
-            match same.and_then(|id| map.get_mut(&id)) {
-                Some(l) => {
-                    l.cursor = r.since;
-                    l.last_used_ms = now;
-                    (l.clone(), Vec::new())
-                }
-                None => {
-                    let record = ListenerRecord {
-                        id: self.ctx.entropy.job_id().to_string(),
-                        peer,
-                        filter: r.filter,
-                        cursor: r.since,
-                        created_ms: now,
-                        last_used_ms: now,
-                    };
-                    let forget = make_room(
-                        &mut map,
-                        &record.peer,
-                        self.ctx.config.max_listeners_per_peer,
-                        self.ctx.config.max_listeners,
-                    );
-                    map.put(record.id.clone(), record.clone());
-                    telemetry::listeners(map.len());
-                    (record, forget)
-                }
-            }
+        let Registration { record, forgotten } = {
+            let mut table = self.listeners.lock();
+            let registration = table.register(peer, r.filter, r.since, now, || {
+                self.ctx.entropy.job_id().to_string()
+            });
+            telemetry::listeners(table.len());
+            registration
         };
-        if !forget.is_empty() {
+        if !forgotten.is_empty() {
             tracing::info!(
-                peer = %record.peer, forgotten = forget.len(),
+                peer = %record.peer, forgotten = forgotten.len(),
                 "listener limit reached (sync.max_listeners_per_peer / sync.max_listeners); \
                  forgot the least recently used"
             );
         }
         self.ctx.state.put_listener(&record).await?;
-        self.ctx.state.delete_listeners(&forget).await?;
+        self.ctx.state.delete_listeners(&forgotten).await?;
         self.attach_listener(session, &record.id);
         Ok(Response::Registered(Registered {
             listener_id: record.id,
@@ -126,26 +82,18 @@ impl Responder {
 
     /// Forgets listeners unused for `sync.listener_ttl`.
     pub(crate) async fn expire_listeners(&self) -> Result<usize> {
-        let ttl = u64::try_from(self.ctx.config.listener_ttl.as_millis()).unwrap_or(u64::MAX);
         let now = self.ctx.now_ms();
-        let expired: Vec<String> = {
-            let mut map = self.listeners.lock();
-            let expired: Vec<String> = map
-                .iter()
-                .filter(|(_, l)| now.saturating_sub(l.last_used_ms.max(l.created_ms)) > ttl)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &expired {
-                map.pop(id);
-            }
-            telemetry::listeners(map.len());
+        let expired = {
+            let mut table = self.listeners.lock();
+            let expired = table.expire(now);
+            telemetry::listeners(table.len());
             expired
         };
         if !expired.is_empty() {
             tracing::info!(
                 expired = expired.len(),
                 "forgot listeners unused for {} s (sync.listener_ttl)",
-                ttl / 1000
+                self.ctx.config.listener_ttl.as_secs()
             );
         }
         self.ctx.state.delete_listeners(&expired).await?;
@@ -237,52 +185,12 @@ impl Responder {
     }
 
     pub(super) async fn ack(&self, peer: ReactorId, a: Ack) -> Result<Response> {
-        let mut listener = self.listener(&a.listener_id, &peer)?;
+        self.listener(&a.listener_id, &peer)?;
         self.ctx.record_reported(&peer, &a.refused).await?;
-        if a.cursor > listener.cursor {
-            listener.cursor = a.cursor;
-            // Only a listener still kept is stored again (never one just forgotten).
-            let kept = {
-                let mut map = self.listeners.lock();
-                map.get_mut(&a.listener_id)
-                    .map(|l| l.cursor = l.cursor.max(a.cursor))
-                    .is_some()
-            };
-            if kept {
-                self.ctx.state.put_listener(&listener).await?;
-            }
+        let moved = self.listeners.lock().ack(&a.listener_id, a.cursor);
+        if let Some(record) = moved {
+            self.ctx.state.put_listener(&record).await?;
         }
         Ok(Response::Acked(Acked {}))
     }
-}
-
-/// Forgets listeners so that one more of `peer` fits: the peer's least recently used beyond
-/// `per_peer - 1`, then the least recently used of all beyond `total - 1`. Returns their ids.
-fn make_room(
-    map: &mut LruCache<String, ListenerRecord>,
-    peer: &ReactorId,
-    per_peer: usize,
-    total: usize,
-) -> Vec<String> {
-    let mut forget = Vec::new();
-    let of_peer = map.iter().filter(|(_, l)| &l.peer == peer).count();
-    // `iter` runs from the most recently used; its reverse from the least.
-    let oldest: Vec<String> = map
-        .iter()
-        .rev()
-        .filter(|(_, l)| &l.peer == peer)
-        .take((of_peer + 1).saturating_sub(per_peer))
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in oldest {
-        map.pop(&id);
-        forget.push(id);
-    }
-    while map.len() + 1 > total {
-        match map.pop_lru() {
-            Some((id, _)) => forget.push(id),
-            None => break,
-        }
-    }
-    forget
 }

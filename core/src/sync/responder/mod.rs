@@ -4,19 +4,18 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::SyncContext;
 use super::remote::TaskGroup;
-use super::state::ListenerRecord;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Event;
 use crate::protocol::{Hello, Notification, PROTOCOL_VERSION, Poke, Request, Response, Welcome};
 use crate::session::{Session, SessionHandler};
 use crate::telemetry;
 use crate::types::ReactorId;
+use syncline_proto::sync::listeners::{ListenerLimits, Listeners};
 
 #[derive(Debug, Default)]
 struct PokeState {
@@ -29,8 +28,8 @@ struct PokeState {
 #[derive(Debug)]
 pub(crate) struct Responder {
     ctx: Arc<SyncContext>,
-    /// Listeners by id, the most recently used first.
-    listeners: Mutex<LruCache<String, ListenerRecord>>,
+    /// The pull listeners (the table decides; this shell stores and reads).
+    listeners: Mutex<Listeners>,
     sessions: Mutex<Vec<Session>>,
     /// Set when the manager shut down: no session is admitted after that.
     closed: std::sync::atomic::AtomicBool,
@@ -44,13 +43,12 @@ pub(crate) use incoming::Verdicts;
 
 impl Responder {
     pub(crate) async fn start(ctx: Arc<SyncContext>) -> Result<(Arc<Self>, TaskGroup)> {
-        let mut stored = ctx.state.listeners().await?;
-        // The least recently used first, so the most recently used ends up at the front.
-        stored.sort_by_key(|l| l.last_used_ms.max(l.created_ms));
-        let mut listeners = LruCache::unbounded();
-        for l in stored {
-            listeners.put(l.id.clone(), l);
-        }
+        let limits = ListenerLimits {
+            per_peer: ctx.config.max_listeners_per_peer,
+            total: ctx.config.max_listeners,
+            ttl_ms: u64::try_from(ctx.config.listener_ttl.as_millis()).unwrap_or(u64::MAX),
+        };
+        let listeners = Listeners::new(ctx.state.listeners().await?, limits);
         telemetry::listeners(listeners.len());
         let poke = Arc::new(PokeState::default());
         let p = poke.clone();
