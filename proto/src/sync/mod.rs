@@ -12,6 +12,7 @@ pub mod connector;
 pub mod listeners;
 pub mod puller;
 pub mod pusher;
+pub mod sessions;
 pub mod window;
 
 use crate::types::{Ordinal, StoredOp};

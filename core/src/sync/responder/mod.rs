@@ -16,6 +16,7 @@ use crate::session::{Session, SessionHandler};
 use crate::telemetry;
 use crate::types::ReactorId;
 use syncline_proto::sync::listeners::{ListenerLimits, Listeners};
+use syncline_proto::sync::sessions::{Admission, SessionLimits, Sessions};
 
 #[derive(Debug, Default)]
 struct PokeState {
@@ -30,9 +31,8 @@ pub(crate) struct Responder {
     ctx: Arc<SyncContext>,
     /// The pull listeners (the table decides; this shell stores and reads).
     listeners: Mutex<Listeners>,
-    sessions: Mutex<Vec<Session>>,
-    /// Set when the manager shut down: no session is admitted after that.
-    closed: std::sync::atomic::AtomicBool,
+    /// The sessions peers hold open (the table decides admission; this shell closes).
+    sessions: Mutex<Sessions<Session>>,
     poke: Arc<PokeState>,
 }
 
@@ -66,11 +66,14 @@ impl Responder {
             }
             p.wake.notify_one();
         });
+        let session_limits = SessionLimits {
+            max_sessions: ctx.config.max_sessions,
+            max_per_peer: ctx.config.max_sessions_per_peer,
+        };
         let responder = Arc::new(Responder {
             ctx,
             listeners: Mutex::new(listeners),
-            sessions: Mutex::new(Vec::new()),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            sessions: Mutex::new(Sessions::new(session_limits)),
             poke,
         });
         let mut tasks = TaskGroup::default();
@@ -80,11 +83,8 @@ impl Responder {
     }
 
     pub(crate) fn close_sessions(&self) {
-        let sessions = {
-            let mut list = self.sessions.lock();
-            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-            std::mem::take(&mut *list)
-        };
+        // Under the lock `admit` takes, so no session slips in after it.
+        let sessions = self.sessions.lock().shut_down();
         for s in sessions {
             s.close();
         }
@@ -98,10 +98,10 @@ impl Responder {
             let sources = std::mem::take(&mut *self.poke.sources.lock());
             let head = self.ctx.head();
             let sessions: Vec<Session> = {
-                let mut s = self.sessions.lock();
-                s.retain(|x| !x.is_closed());
-                telemetry::sessions(s.len());
-                s.clone()
+                let mut table = self.sessions.lock();
+                let open = table.open(|s| !s.is_closed());
+                telemetry::sessions(table.len());
+                open
             };
             for s in sessions {
                 if !s.info().duplex {
@@ -132,67 +132,53 @@ impl Responder {
         }
     }
 
-    /// Counts a session that said hello against the session limits: beyond
-    /// `max_sessions_per_peer` the peer's oldest session is closed; beyond `max_sessions` the
-    /// hello is refused.
+    /// Counts a session that said hello against the session limits
+    /// (`syncline_proto::sync::sessions`): beyond `max_sessions_per_peer` the peer's oldest
+    /// session is closed; beyond `max_sessions` the hello is refused.
     fn admit(&self, session: &Session, peer: &ReactorId) -> Result<()> {
         let config = &self.ctx.config;
-        let evicted = {
-            let mut sessions = self.sessions.lock();
-            // Checked under the lock `close_sessions` takes, so no session slips in after it.
-            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                // A hello that reaches a reactor that stopped (its listener not gone yet):
-                // nobody would answer the session, so it ends and the peer dials again.
-                drop(sessions);
-                session.close();
-                return Err(Error::closed("the reactor is shutting down"));
+        let admission = {
+            let mut table = self.sessions.lock();
+            let a = table.admit(session.id(), peer, session.clone(), |s| !s.is_closed());
+            telemetry::sessions(table.len());
+            a
+        };
+        match admission {
+            Admission::Already | Admission::Admitted { evicted: None } => Ok(()),
+            Admission::Admitted { evicted: Some(old) } => {
+                tracing::info!(
+                    peer = %peer, transport = old.info().transport,
+                    "reactor {peer} opened more than {} sessions (sync.max_sessions_per_peer); \
+                     closing its oldest", config.max_sessions_per_peer
+                );
+                telemetry::session_refused("max_sessions_per_peer");
+                old.close();
+                Ok(())
             }
-            sessions.retain(|s| !s.is_closed());
-            if sessions.iter().any(|s| s.id() == session.id()) {
-                return Ok(());
-            }
-            let of_peer = sessions.iter().filter(|s| s.peer() == Some(peer)).count();
-            let evicted = if of_peer >= config.max_sessions_per_peer {
-                // The list keeps hello order: the first of the peer's is its oldest.
-                sessions.iter().find(|s| s.peer() == Some(peer)).cloned()
-            } else {
-                None
-            };
-            if evicted.is_none() && sessions.len() >= config.max_sessions {
+            Admission::Full => {
                 telemetry::session_refused("max_sessions");
-                return Err(Error::new(
+                Err(Error::new(
                     ErrorKind::Unavailable,
                     format!(
                         "this node serves its limit of {} sessions (sync.max_sessions); try \
                          again later",
                         config.max_sessions
                     ),
-                ));
+                ))
             }
-            if let Some(old) = &evicted {
-                sessions.retain(|s| s.id() != old.id());
+            Admission::ShuttingDown => {
+                // A hello that reaches a reactor that stopped (its listener not gone yet):
+                // nobody would answer the session, so it ends and the peer dials again.
+                session.close();
+                Err(Error::closed("the reactor is shutting down"))
             }
-            sessions.push(session.clone());
-            telemetry::sessions(sessions.len());
-            evicted
-        };
-        if let Some(old) = evicted {
-            tracing::info!(
-                peer = %peer, transport = old.info().transport,
-                "reactor {peer} opened more than {} sessions (sync.max_sessions_per_peer); \
-                 closing its oldest", config.max_sessions_per_peer
-            );
-            telemetry::session_refused("max_sessions_per_peer");
-            old.close();
         }
-        Ok(())
     }
 
     fn remember(&self, session: &Session) {
-        let mut s = self.sessions.lock();
-        if !s.iter().any(|x| x.id() == session.id()) {
-            s.push(session.clone());
-        }
+        self.sessions
+            .lock()
+            .remember(session.id(), session.peer().cloned(), session.clone());
     }
 
     fn hello(&self, session: &Session, hello: Hello) -> Result<Response> {
@@ -266,9 +252,9 @@ impl SessionHandler for Responder {
 
     fn closed(&self, session: &Session) {
         {
-            let mut sessions = self.sessions.lock();
-            sessions.retain(|s| s.id() != session.id() && !s.is_closed());
-            telemetry::sessions(sessions.len());
+            let mut table = self.sessions.lock();
+            table.closed(session.id(), |s| !s.is_closed());
+            telemetry::sessions(table.len());
         }
         if let Some(peer) = session.peer() {
             self.ctx.inbound.send_if_modified(|m| {
