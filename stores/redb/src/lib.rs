@@ -1,9 +1,9 @@
 //! The syncline store on an embedded [redb](https://docs.rs/redb) file.
 //!
 //! The file is the core store engine's ordered key-value store ([`syncline_core::engine`],
-//! where the key layout is described): one redb table of byte keys and values per engine key
-//! space (`kv_n`, `kv_o`, `kv_i`, `kv_s`, `kv_t`, `kv_m`, keyed without the space's two bytes),
-//! so that the feed, the id index and the strand index are each their own B-tree. One
+//! where the key layout is described): one redb table per engine key space, keyed without the
+//! space's two bytes, so that the feed, the id index and the strand index are each their own
+//! B-tree; those three have fixed-width key or value types (`tables.rs`). One
 //! `apply` is one redb write transaction (durable when it returns, `Durability::Immediate`), so
 //! operations and the cursors written with them commit together or not at all. The executor
 //! groups many jobs into each `apply` (group commit). All redb work runs on tokio's blocking
@@ -22,10 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
-    TableHandle, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 use syncline_core::engine::{
     KEY_SPACES, KvEngine, KvRead, KvWrite, LAYOUT_VERSION, OrderedKv, Visit,
 };
@@ -39,35 +36,14 @@ use syncline_core::{StrandHead, StrandId};
 pub use syncline_core::engine::Blocking;
 
 mod backend;
+mod tables;
 pub use backend::{KIND, RedbConfig, register};
 
 /// The layout version of the engine's keys in the file; a file with another one is refused.
 pub const FORMAT_VERSION: u32 = LAYOUT_VERSION;
 
-/// One table per engine key space ([`KEY_SPACES`], in that order), keyed by the rest of the
-/// key: each index is its own B-tree, as the tables of format 1 were.
-const TABLES: [TableDefinition<'static, &[u8], &[u8]>; 6] = [
-    TableDefinition::new("kv_n"),
-    TableDefinition::new("kv_o"),
-    TableDefinition::new("kv_i"),
-    TableDefinition::new("kv_s"),
-    TableDefinition::new("kv_t"),
-    TableDefinition::new("kv_m"),
-];
-
-/// The table of `key`'s space and the rest of the key.
-fn split<'k>(path: &Path, key: &'k [u8]) -> Result<(usize, &'k [u8])> {
-    KEY_SPACES
-        .iter()
-        .position(|p| key.starts_with(p.as_slice()))
-        .map(|i| (i, &key[2..]))
-        .ok_or_else(|| {
-            Error::internal(format!(
-                "redb store {}: a key outside the engine's key spaces",
-                path.display()
-            ))
-        })
-}
+/// Entries migrated per write into the new tables.
+const MIGRATE_CHUNK: usize = 10_000;
 
 /// The tables of format version 1, read once to migrate.
 mod legacy {
@@ -172,7 +148,7 @@ fn map_err(path: &Path, what: &str, e: impl Into<redb::Error>) -> Error {
 /// A read transaction; each space's table is opened on first use.
 pub struct RedbRead<'a> {
     txn: redb::ReadTransaction,
-    tables: [std::cell::OnceCell<ReadOnlyTable<&'static [u8], &'static [u8]>>; 6],
+    tables: tables::Tables<redb::ReadTransaction>,
     file: &'a RedbFile,
 }
 
@@ -182,52 +158,14 @@ impl std::fmt::Debug for RedbRead<'_> {
     }
 }
 
-impl RedbRead<'_> {
-    fn table(&self, i: usize) -> Result<&ReadOnlyTable<&'static [u8], &'static [u8]>> {
-        if let Some(t) = self.tables[i].get() {
-            return Ok(t);
-        }
-        let t = self
-            .txn
-            .open_table(TABLES[i])
-            .map_err(|e| map_err(&self.file.path, "opening a table", e))?;
-        Ok(self.tables[i].get_or_init(|| t))
-    }
-}
-
 impl KvRead for RedbRead<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let (i, rest) = split(&self.file.path, key)?;
-        self.table(i)?
-            .get(rest)
-            .map(|v| v.map(|v| v.value().to_vec()))
-            .map_err(|e| map_err(&self.file.path, "reading", e))
+        self.tables.get(&self.txn, &self.file.path, key)
     }
 
     fn range(&self, start: &[u8], end: &[u8], visit: &mut Visit<'_>) -> Result<()> {
-        if start >= end {
-            return Ok(());
-        }
-        let path = &self.file.path;
-        let (i, from) = split(path, start)?;
-        let mut key = Vec::with_capacity(64);
-        key.extend_from_slice(KEY_SPACES[i].as_slice());
-        let table = self.table(i)?;
-        // An end in the same space bounds the range; one past it leaves the space's end.
-        let range = match split(path, end) {
-            Ok((j, to)) if j == i => table.range(from..to),
-            _ => table.range(from..),
-        }
-        .map_err(|e| map_err(path, "reading a range", e))?;
-        for entry in range {
-            let (k, v) = entry.map_err(|e| map_err(path, "reading a range", e))?;
-            key.truncate(2);
-            key.extend_from_slice(k.value());
-            if !visit(&key, v.value())? {
-                break;
-            }
-        }
-        Ok(())
+        self.tables
+            .range(&self.txn, &self.file.path, start, end, visit)
     }
 }
 
@@ -247,41 +185,19 @@ impl OrderedKv for RedbFile {
     }
 
     fn write(&self, batch: Vec<KvWrite>) -> Result<()> {
-        let mut split_batch = Vec::with_capacity(batch.len());
-        for w in &batch {
-            let key = match w {
-                KvWrite::Put(k, _) | KvWrite::Delete(k) => k,
-            };
-            split_batch.push(split(&self.path, key)?);
-        }
-        let commit = || -> std::result::Result<(), redb::Error> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(if self.durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })?;
-            {
-                let mut tables: [Option<redb::Table<'_, &[u8], &[u8]>>; 6] = Default::default();
-                for (w, (i, rest)) in batch.iter().zip(&split_batch) {
-                    let table = match &mut tables[*i] {
-                        Some(t) => t,
-                        slot => slot.insert(txn.open_table(TABLES[*i])?),
-                    };
-                    match w {
-                        KvWrite::Put(_, v) => {
-                            table.insert(*rest, v.as_slice())?;
-                        }
-                        KvWrite::Delete(_) => {
-                            table.remove(*rest)?;
-                        }
-                    }
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        };
-        commit().map_err(|e| map_err(&self.path, "committing", e))
+        let path = &self.path;
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| map_err(path, "starting a write", e))?;
+        txn.set_durability(if self.durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| map_err(path, "starting a write", e))?;
+        tables::put_all(&txn, path, &batch)?;
+        txn.commit().map_err(|e| map_err(path, "committing", e))
     }
 
     fn name(&self) -> &str {
@@ -355,7 +271,11 @@ impl RedbFile {
         let foreign: Vec<&str> = existing
             .iter()
             .map(String::as_str)
-            .filter(|t| !TABLES.iter().any(|d| d.name() == *t) && !legacy::TABLES.contains(t))
+            .filter(|t| {
+                !tables::NAMES.contains(t)
+                    && !tables::UNTYPED.iter().any(|(d, _)| d.name() == *t)
+                    && !legacy::TABLES.contains(t)
+            })
             .collect();
         if !foreign.is_empty() {
             return Err(Error::new(
@@ -370,11 +290,50 @@ impl RedbFile {
         if existing.iter().any(|t| t == "node") {
             self.migrate_v1(&txn)?;
         }
-        for table in TABLES {
-            txn.open_table(table)
-                .map_err(|e| map_err(path, "creating the tables", e))?;
-        }
+        self.migrate_untyped(&txn, &existing)?;
+        tables::create_all(&txn).map_err(|e| map_err(path, "creating the tables", e))?;
         txn.commit().map_err(|e| map_err(path, "committing", e))
+    }
+
+    /// Moves the byte tables of the first engine layout (`kv_o`, `kv_i`, `kv_s`) into their
+    /// typed tables, in the same transaction as opening.
+    fn migrate_untyped(&self, txn: &WriteTransaction, existing: &[String]) -> Result<()> {
+        let path = &self.path;
+        for (def, space) in tables::UNTYPED {
+            if !existing.iter().any(|t| t == def.name()) {
+                continue;
+            }
+            let mut chunk = Vec::with_capacity(MIGRATE_CHUNK);
+            let mut moved = 0u64;
+            {
+                let table = txn
+                    .open_table(def)
+                    .map_err(|e| map_err(path, "opening a table to migrate", e))?;
+                for entry in table
+                    .range::<&[u8]>(..)
+                    .map_err(|e| map_err(path, "migrating", e))?
+                {
+                    let (k, v) = entry.map_err(|e| map_err(path, "migrating", e))?;
+                    let mut key = KEY_SPACES[space].to_vec();
+                    key.extend_from_slice(k.value());
+                    chunk.push(KvWrite::Put(key, v.value().to_vec()));
+                    if chunk.len() == MIGRATE_CHUNK {
+                        tables::put_all(txn, path, &chunk)?;
+                        moved += chunk.len() as u64;
+                        chunk.clear();
+                    }
+                }
+            }
+            tables::put_all(txn, path, &chunk)?;
+            moved += chunk.len() as u64;
+            txn.delete_table(def)
+                .map_err(|e| map_err(path, "dropping a migrated table", e))?;
+            tracing::info!(
+                store = %path.display(), table = def.name(), entries = moved,
+                "moved a redb table into its typed table"
+            );
+        }
+        Ok(())
     }
 
     fn migrate_v1(&self, txn: &WriteTransaction) -> Result<()> {
@@ -411,7 +370,7 @@ impl RedbFile {
                 ));
             }
         }
-        let copied = copy_v1(txn).map_err(|e| map_err(path, "migrating format version 1", e))?;
+        let copied = copy_v1(txn, path)?;
         tracing::info!(
             store = %path.display(),
             operations = copied,
@@ -423,30 +382,28 @@ impl RedbFile {
 
 /// Copies every record of the format-1 tables to its engine key and drops the tables; returns
 /// how many operations were copied.
-fn copy_v1(txn: &WriteTransaction) -> std::result::Result<u64, redb::Error> {
-    let mut tables = Vec::with_capacity(TABLES.len());
-    for table in TABLES {
-        tables.push(txn.open_table(table)?);
-    }
-    // Every record goes to the table of its key space (the spaces below are the engine's).
-    let mut put = |space: &[u8; 2], key: &[u8], value: &[u8]| {
-        let Some(i) = KEY_SPACES.iter().position(|s| *s == space) else {
-            return Err(redb::Error::Corrupted(format!(
-                "no engine key space {:?}",
-                String::from_utf8_lossy(space)
-            )));
-        };
-        tables[i]
-            .insert(key, value)
-            .map(|_| ())
-            .map_err(redb::Error::from)
+fn copy_v1(txn: &WriteTransaction, path: &Path) -> Result<u64> {
+    let v1 = |e: redb::Error| map_err(path, "migrating format version 1", e);
+    // Every record goes to the table of its key space (the spaces below are the engine's), a
+    // chunk at a time.
+    let mut chunk: Vec<KvWrite> = Vec::with_capacity(MIGRATE_CHUNK);
+    let mut put = |space: &[u8; 2], key: &[u8], value: &[u8], flush: bool| -> Result<()> {
+        let mut k = space.to_vec();
+        k.extend_from_slice(key);
+        chunk.push(KvWrite::Put(k, value.to_vec()));
+        if flush || chunk.len() >= MIGRATE_CHUNK {
+            tables::put_all(txn, path, &chunk)?;
+            chunk.clear();
+        }
+        Ok(())
     };
     let mut head = 0u64;
     let mut copied = 0u64;
-    for entry in txn.open_table(legacy::OPS)?.range::<u64>(..)? {
-        let (k, v) = entry?;
+    let ops = txn.open_table(legacy::OPS).map_err(|e| v1(e.into()))?;
+    for entry in ops.range::<u64>(..).map_err(|e| v1(e.into()))? {
+        let (k, v) = entry.map_err(|e| v1(e.into()))?;
         head = head.max(k.value());
-        put(b"o/", &k.value().to_be_bytes(), v.value())?;
+        put(b"o/", &k.value().to_be_bytes(), v.value(), false)?;
         copied += 1;
         if copied.is_multiple_of(100_000) {
             tracing::info!(
@@ -455,31 +412,46 @@ fn copy_v1(txn: &WriteTransaction) -> std::result::Result<u64, redb::Error> {
             );
         }
     }
-    for entry in txn.open_table(legacy::OP_IDS)?.range::<&[u8; 16]>(..)? {
-        let (k, v) = entry?;
-        put(b"i/", k.value(), &v.value().to_be_bytes())?;
+    drop(ops);
+    let ids = txn.open_table(legacy::OP_IDS).map_err(|e| v1(e.into()))?;
+    for entry in ids.range::<&[u8; 16]>(..).map_err(|e| v1(e.into()))? {
+        let (k, v) = entry.map_err(|e| v1(e.into()))?;
+        put(b"i/", k.value(), &v.value().to_be_bytes(), false)?;
     }
-    for entry in txn.open_table(legacy::STRAND_OPS)?.range::<&[u8]>(..)? {
-        let (k, v) = entry?;
-        put(b"s/", k.value(), &v.value().to_be_bytes())?;
+    drop(ids);
+    let strand_ops = txn
+        .open_table(legacy::STRAND_OPS)
+        .map_err(|e| v1(e.into()))?;
+    for entry in strand_ops.range::<&[u8]>(..).map_err(|e| v1(e.into()))? {
+        let (k, v) = entry.map_err(|e| v1(e.into()))?;
+        put(b"s/", k.value(), &v.value().to_be_bytes(), false)?;
     }
-    for entry in txn.open_table(legacy::STRANDS)?.range::<&[u8]>(..)? {
-        let (k, v) = entry?;
-        put(b"t/", k.value(), v.value())?;
+    drop(strand_ops);
+    let strands = txn.open_table(legacy::STRANDS).map_err(|e| v1(e.into()))?;
+    for entry in strands.range::<&[u8]>(..).map_err(|e| v1(e.into()))? {
+        let (k, v) = entry.map_err(|e| v1(e.into()))?;
+        put(b"t/", k.value(), v.value(), false)?;
     }
-    for entry in txn.open_table(legacy::META)?.range::<&str>(..)? {
-        let (k, v) = entry?;
-        put(b"m/", k.value().as_bytes(), v.value())?;
+    drop(strands);
+    let meta = txn.open_table(legacy::META).map_err(|e| v1(e.into()))?;
+    for entry in meta.range::<&str>(..).map_err(|e| v1(e.into()))? {
+        let (k, v) = entry.map_err(|e| v1(e.into()))?;
+        put(b"m/", k.value().as_bytes(), v.value(), false)?;
     }
-    put(b"n/", b"format", &LAYOUT_VERSION.to_le_bytes())?;
-    put(b"n/", b"head", &head.to_be_bytes())?;
-    drop(tables);
-    txn.delete_table(legacy::NODE)?;
-    txn.delete_table(legacy::OPS)?;
-    txn.delete_table(legacy::OP_IDS)?;
-    txn.delete_table(legacy::STRAND_OPS)?;
-    txn.delete_table(legacy::STRANDS)?;
-    txn.delete_table(legacy::META)?;
+    drop(meta);
+    put(b"n/", b"format", &LAYOUT_VERSION.to_le_bytes(), false)?;
+    put(b"n/", b"head", &head.to_be_bytes(), true)?;
+    for t in [
+        legacy::OPS.name(),
+        legacy::OP_IDS.name(),
+        legacy::STRAND_OPS.name(),
+        legacy::STRANDS.name(),
+        legacy::META.name(),
+    ] {
+        txn.delete_table(redb::TableDefinition::<&[u8], &[u8]>::new(t))
+            .map_err(|e| v1(e.into()))?;
+    }
+    txn.delete_table(legacy::NODE).map_err(|e| v1(e.into()))?;
     Ok(copied)
 }
 
@@ -554,7 +526,7 @@ mod tests {
             let txn = db.begin_write().unwrap();
             {
                 let mut t = txn
-                    .open_table(TableDefinition::<u64, u64>::new("accounts"))
+                    .open_table(redb::TableDefinition::<u64, u64>::new("accounts"))
                     .unwrap();
                 t.insert(1, 2).unwrap();
             }
@@ -572,7 +544,7 @@ mod tests {
             let db = Database::create(&future).unwrap();
             let txn = db.begin_write().unwrap();
             {
-                let mut t = txn.open_table(TABLES[0]).unwrap();
+                let mut t = txn.open_table(tables::NODE).unwrap();
                 t.insert(b"format".as_slice(), 99u32.to_le_bytes().as_slice())
                     .unwrap();
             }

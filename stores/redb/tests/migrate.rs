@@ -112,3 +112,72 @@ async fn a_format_1_file_is_migrated_and_keeps_every_record() {
     assert!(tables.iter().all(|t| t.starts_with("kv_")), "{tables:?}");
     assert_eq!(tables.len(), 6, "{tables:?}");
 }
+
+/// A file of the first engine layout (byte tables `kv_o`, `kv_i`, `kv_s` for the feed and the
+/// two indexes) has those tables moved into the typed ones when opened, and keeps everything.
+#[tokio::test]
+async fn a_file_of_the_byte_table_layout_moves_into_typed_tables() {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture(dir.path());
+    drop(RedbStore::open(&path).await.unwrap());
+    // Write the typed tables back as the byte tables the first engine layout had.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let bytes = |name| TableDefinition::<&[u8], &[u8]>::new(name);
+        {
+            let ops = txn
+                .open_table(TableDefinition::<u64, &[u8]>::new("kv_ops"))
+                .unwrap();
+            let mut to = txn.open_table(bytes("kv_o")).unwrap();
+            for e in ops.range::<u64>(..).unwrap() {
+                let (k, v) = e.unwrap();
+                to.insert(k.value().to_be_bytes().as_slice(), v.value())
+                    .unwrap();
+            }
+            let ids = txn
+                .open_table(TableDefinition::<&[u8; 16], u64>::new("kv_ids"))
+                .unwrap();
+            let mut to = txn.open_table(bytes("kv_i")).unwrap();
+            for e in ids.range::<&[u8; 16]>(..).unwrap() {
+                let (k, v) = e.unwrap();
+                to.insert(k.value().as_slice(), v.value().to_be_bytes().as_slice())
+                    .unwrap();
+            }
+            let strand_ops = txn
+                .open_table(TableDefinition::<&[u8], u64>::new("kv_strand_ops"))
+                .unwrap();
+            let mut to = txn.open_table(bytes("kv_s")).unwrap();
+            for e in strand_ops.range::<&[u8]>(..).unwrap() {
+                let (k, v) = e.unwrap();
+                to.insert(k.value(), v.value().to_be_bytes().as_slice())
+                    .unwrap();
+            }
+        }
+        txn.delete_table(TableDefinition::<u64, &[u8]>::new("kv_ops"))
+            .unwrap();
+        txn.delete_table(TableDefinition::<&[u8; 16], u64>::new("kv_ids"))
+            .unwrap();
+        txn.delete_table(TableDefinition::<&[u8], u64>::new("kv_strand_ops"))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    {
+        let store = RedbStore::open(&path).await.unwrap();
+        check(&store).await;
+    }
+    let db = redb::Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let mut tables: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    tables.sort();
+    assert_eq!(
+        tables,
+        ["kv_ids", "kv_m", "kv_n", "kv_ops", "kv_strand_ops", "kv_t"],
+        "the byte tables are gone"
+    );
+}
