@@ -9,6 +9,7 @@
 //! arguments too, so the same inputs always give the same effects.
 
 pub mod connector;
+pub mod incoming;
 pub mod listeners;
 pub mod puller;
 pub mod pusher;

@@ -1,5 +1,6 @@
 //! What the responder receives: the checks every received operation passes (pushes and pulled
-//! pages alike), the pushes peers send, and the directory they ask for.
+//! pages alike; decided in `syncline_proto::sync::incoming`), the pushes peers send, and the
+//! directory they ask for.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::scheduler::Signal;
 use crate::sync::SyncContext;
 use crate::telemetry;
 use crate::types::{Operation, ReactorId};
+use syncline_proto::sync::incoming::{self, IncomingLimits};
 
 /// What a receiver decided about a received batch, operation by operation.
 #[derive(Debug, Default)]
@@ -23,92 +25,61 @@ pub(crate) struct Verdicts {
 }
 
 impl SyncContext {
-    /// Checks received operations one by one: hash, size, clock plausibility and (for pushes)
-    /// the peer's right to change the strand. An operation that fails is refused alone, with
-    /// its reason; the others are accepted. Operations in private scopes are dropped: they are
-    /// never synced, whichever side is misconfigured. Only the newest *accepted* timestamp is
-    /// folded into the HLC, so a refused operation never moves our clock. A batch over the
-    /// operation count limit is refused whole (the sender broke the protocol).
+    /// Checks received operations one by one (`syncline_proto::sync::incoming::sort`: hash,
+    /// size and private scopes there; clock plausibility and, for pushes, the peer's right to
+    /// change the strand here). An operation that fails is refused alone; only the newest
+    /// accepted timestamp is folded into the HLC.
     pub(crate) fn verify_incoming(
         &self,
         ops: Vec<Operation>,
         peer: &ReactorId,
         check_write: bool,
     ) -> Result<Verdicts> {
-        if ops.len() > self.config.max_batch_ops {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "a batch of {} operations exceeds the limit of {}",
-                    ops.len(),
-                    self.config.max_batch_ops
-                ),
-            ));
-        }
-        let via = if check_write { "push" } else { "pull" };
-        let mut newest = None;
-        let mut verdicts = Verdicts {
-            accepted: Vec::with_capacity(ops.len()),
-            refused: Vec::new(),
+        let limits = IncomingLimits {
+            max_batch_ops: self.config.max_batch_ops,
+            max_action_bytes: self.config.max_action_bytes,
+            private_scopes: &self.private_scopes,
         };
-        for op in ops {
-            if self.private_scopes.iter().any(|s| s == op.scope.as_str()) {
-                tracing::debug!(op = %op.id, scope = %op.scope, "dropped an operation in a private scope");
-                continue;
+        let sorted = incoming::sort(ops, &limits, |op| {
+            self.hlc.check(op.action.timestamp)?;
+            if check_write && !self.permissions.can_write(peer, op) {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "reactor {peer} may not change {}/{}@{}",
+                        op.document_id, op.scope, op.branch
+                    ),
+                ));
             }
-            if let Err(e) = self.check_incoming(&op, peer, check_write) {
+            Ok(())
+        })?;
+        let via = if check_write { "push" } else { "pull" };
+        for op in &sorted.dropped {
+            tracing::debug!(op = %op.id, scope = %op.scope, "dropped an operation in a private scope");
+        }
+        let refused = sorted
+            .refused
+            .into_iter()
+            .map(|(op, e)| {
                 tracing::info!(
                     peer = %peer, op = %op.id, strand = %op.strand(), via, error = %e,
                     "refused an operation"
                 );
                 telemetry::ops_refused(via, e.kind().as_str(), 1);
-                verdicts.refused.push(Refusal {
+                Refusal {
                     id: op.id,
                     error: WireError::from(&e),
                     by: None,
-                });
-                continue;
-            }
-            if newest.is_none_or(|t| op.action.timestamp > t) {
-                newest = Some(op.action.timestamp);
-            }
-            verdicts.accepted.push(Arc::new(op));
-        }
-        if let Some(t) = newest {
+                }
+            })
+            .collect();
+        if let Some(t) = sorted.newest {
             self.hlc.observe(t);
         }
-        Ok(verdicts)
-    }
-
-    pub(super) fn check_incoming(
-        &self,
-        op: &Operation,
-        peer: &ReactorId,
-        check_write: bool,
-    ) -> Result<()> {
-        op.verify()?;
-        let size = op.action.input.as_bytes().len();
-        if size > self.config.max_action_bytes {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "operation {} has an input of {size} bytes; the limit (sync.max_action_bytes) \
-                     is {}",
-                    op.id, self.config.max_action_bytes
-                ),
-            ));
-        }
-        self.hlc.check(op.action.timestamp)?;
-        if check_write && !self.permissions.can_write(peer, op) {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "reactor {peer} may not change {}/{}@{}",
-                    op.document_id, op.scope, op.branch
-                ),
-            ));
-        }
-        Ok(())
+        Ok(Verdicts {
+            accepted: sorted.accepted,
+            refused,
+        })
     }
 }
 
