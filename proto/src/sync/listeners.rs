@@ -6,6 +6,8 @@
 //! takes the time (`now_ms`, wall clock, since the epoch: records outlive the process) and
 //! fresh ids as arguments.
 
+use std::time::{Duration, Instant};
+
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
@@ -200,6 +202,78 @@ impl Listeners {
             self.map.pop(id);
         }
         expired
+    }
+}
+
+/// A pull being served: where it reads from, how much, and until when it may be held open for
+/// a write (a long poll).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullHold {
+    from: Ordinal,
+    start: Ordinal,
+    limit: usize,
+    deadline: Option<Instant>,
+}
+
+/// What to do with a page read for a pull.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullStep {
+    /// Answer with it.
+    Answer,
+    /// Nothing for the peer yet: wait for a write (then read again from
+    /// [`PullHold::start`]) until this instant, then answer.
+    Hold(Instant),
+}
+
+impl PullHold {
+    /// A pull from `cursor` for at most `limit` operations (within `1..=max_batch_ops`), held
+    /// for at most `wait_ms` (within `max_wait`) from `now`. What our pusher already delivered
+    /// to the peer (`delivered`, durably) is not read again.
+    pub fn new(
+        cursor: Ordinal,
+        delivered: Ordinal,
+        limit: u32,
+        max_batch_ops: usize,
+        wait_ms: u32,
+        max_wait: Duration,
+        now: Instant,
+    ) -> Self {
+        let from = cursor.max(delivered);
+        let wait = Duration::from_millis(u64::from(wait_ms)).min(max_wait);
+        PullHold {
+            from,
+            start: from,
+            limit: (limit as usize).clamp(1, max_batch_ops.max(1)),
+            deadline: (!wait.is_zero()).then(|| now + wait),
+        }
+    }
+
+    /// Where the next read starts.
+    pub fn start(&self) -> Ordinal {
+        self.start
+    }
+
+    /// How many operations a read asks for.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A page was read: `found` whether it holds operations for the peer, `cut` whether the
+    /// byte budget cut it, `scanned_to` how far it read, `head` the feed's head.
+    pub fn page(&mut self, found: bool, cut: bool, scanned_to: Ordinal, head: Ordinal) -> PullStep {
+        match self.deadline {
+            Some(deadline) if !found && !cut && scanned_to >= head => {
+                self.start = scanned_to;
+                PullStep::Hold(deadline)
+            }
+            _ => PullStep::Answer,
+        }
+    }
+
+    /// The answer's cursor and whether more is there, for a page that covered the feed to
+    /// `covered` and was `cut` or not.
+    pub fn answer(&self, covered: Ordinal, cut: bool, head: Ordinal) -> (Ordinal, bool) {
+        (covered.max(self.from), cut || covered < head)
     }
 }
 

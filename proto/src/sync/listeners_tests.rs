@@ -134,3 +134,59 @@ fn unused_listeners_expire_and_stored_ones_keep_their_order() {
     assert_eq!(t.expire(10_000).len(), 2);
     assert!(t.is_empty());
 }
+
+#[test]
+fn a_pull_with_nothing_to_say_is_held_until_its_deadline_and_never_behind_its_cursor() {
+    let now = std::time::Instant::now();
+    let max_wait = std::time::Duration::from_millis(25_000);
+    let mut hold = PullHold::new(Ordinal(5), Ordinal(8), 0, 1024, 60_000, max_wait, now);
+    assert_eq!(
+        hold.start(),
+        Ordinal(8),
+        "what the pusher delivered is not read again"
+    );
+    assert_eq!(hold.limit(), 1, "a limit of 0 asks for one");
+    // An empty page at the head: held, at most max_wait.
+    assert_eq!(
+        hold.page(false, false, Ordinal(9), Ordinal(9)),
+        PullStep::Hold(now + max_wait)
+    );
+    assert_eq!(
+        hold.start(),
+        Ordinal(9),
+        "the next read starts after what was scanned"
+    );
+    // Something to say, a cut page, or more behind: answered at once.
+    assert_eq!(
+        hold.page(true, false, Ordinal(10), Ordinal(10)),
+        PullStep::Answer
+    );
+    assert_eq!(
+        hold.page(false, true, Ordinal(10), Ordinal(10)),
+        PullStep::Answer
+    );
+    assert_eq!(
+        hold.page(false, false, Ordinal(10), Ordinal(12)),
+        PullStep::Answer
+    );
+    // The answer never moves the peer's cursor back, and says when more is there.
+    assert_eq!(
+        hold.answer(Ordinal(3), false, Ordinal(12)),
+        (Ordinal(8), true)
+    );
+    assert_eq!(
+        hold.answer(Ordinal(12), false, Ordinal(12)),
+        (Ordinal(12), false)
+    );
+    assert_eq!(
+        hold.answer(Ordinal(12), true, Ordinal(12)),
+        (Ordinal(12), true)
+    );
+    // A pull that asks not to wait is answered at once, even empty.
+    let mut quick = PullHold::new(Ordinal(0), Ordinal(0), 5000, 1024, 0, max_wait, now);
+    assert_eq!(quick.limit(), 1024);
+    assert_eq!(
+        quick.page(false, false, Ordinal(0), Ordinal(0)),
+        PullStep::Answer
+    );
+}

@@ -14,7 +14,7 @@ use crate::sync::ListenerStatus;
 use crate::sync::state::ListenerRecord;
 use crate::telemetry;
 use crate::types::{Operation, Ordinal, ReactorId};
-use syncline_proto::sync::listeners::Registration;
+use syncline_proto::sync::listeners::{PullHold, PullStep, Registration};
 
 impl Responder {
     pub(crate) fn listener_status(&self, head: Ordinal) -> Vec<ListenerStatus> {
@@ -129,7 +129,6 @@ impl Responder {
         self.attach_listener(session, &listener.id);
         // Anything written after this point pokes the peer again.
         session.responder_state().poke_pending = false;
-        let limit = (p.limit as usize).clamp(1, self.ctx.config.max_batch_ops);
         let filter = self.ctx.read_filter(&listener.filter, Some(peer.clone()));
         // What our pusher already delivered to this peer (durably: the outbox cursor moves only
         // on `pushed`) need not travel again.
@@ -141,12 +140,18 @@ impl Responder {
             .map(|r| r.status_now().outbox_cursor)
             .max()
             .unwrap_or(Ordinal::ZERO);
-        let from = p.cursor.max(delivered);
-        let wait = Duration::from_millis(u64::from(p.wait_ms)).min(self.ctx.config.max_pull_wait);
-        let deadline = tokio::time::Instant::now() + wait;
+        let config = &self.ctx.config;
+        let mut hold = PullHold::new(
+            p.cursor,
+            delivered,
+            p.limit,
+            config.max_batch_ops,
+            p.wait_ms,
+            config.max_pull_wait,
+            tokio::time::Instant::now().into_std(),
+        );
         let mut page;
         let mut visible: Vec<Arc<Operation>>;
-        let mut start = from;
         let mut covered;
         let mut cut;
         loop {
@@ -154,7 +159,11 @@ impl Responder {
             let written = self.ctx.written.notified();
             tokio::pin!(written);
             written.as_mut().enable();
-            page = self.ctx.store.read_since(start, limit, &filter).await?;
+            page = self
+                .ctx
+                .store
+                .read_since(hold.start(), hold.limit(), &filter)
+                .await?;
             let readable: Vec<_> = std::mem::take(&mut page.ops)
                 .into_iter()
                 .filter(|s| self.ctx.permissions.can_read(&peer, &s.op))
@@ -162,23 +171,25 @@ impl Responder {
             // Cut the answer to fit the frame limit in bytes as well as in count.
             let kept;
             (kept, covered, cut) =
-                crate::sync::cut_to_bytes(readable, page.scanned_to, self.ctx.config.batch_bytes());
+                crate::sync::cut_to_bytes(readable, page.scanned_to, config.batch_bytes());
             visible = kept.into_iter().map(|s| s.op).collect();
-            let more = cut || page.scanned_to < page.head;
-            if !visible.is_empty() || more || wait.is_zero() {
-                break;
+            match hold.page(!visible.is_empty(), cut, page.scanned_to, page.head) {
+                PullStep::Answer => break,
+                // A long poll: nothing for the peer yet; wait for a write or the deadline.
+                PullStep::Hold(deadline) => {
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    if tokio::time::timeout_at(deadline, written).await.is_err() {
+                        break;
+                    }
+                }
             }
-            // A long poll: nothing for the peer yet; wait for a write or the deadline.
-            if tokio::time::timeout_at(deadline, written).await.is_err() {
-                break;
-            }
-            start = page.scanned_to;
         }
+        let (cursor, has_more) = hold.answer(covered, cut, page.head);
         Ok(Response::Pulled(Pulled {
             strands: StrandUpdate::group(&visible),
-            cursor: covered.max(from),
+            cursor,
             head: page.head,
-            has_more: cut || covered < page.head,
+            has_more,
             push_result,
             refused: self.ctx.take_relayed(&peer),
         }))
