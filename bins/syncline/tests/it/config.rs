@@ -192,3 +192,59 @@ fn the_documented_examples_are_valid() {
     }
     assert!(n >= 3);
 }
+
+#[test]
+fn backend_sections_are_checked_by_their_backends() {
+    // A store setting written in [store] itself, as before the sections: says where it goes.
+    check_fails(
+        "[store]\nkind = \"redb\"\npath = \"/tmp/x.redb\"",
+        "store.path",
+        "write path under [store.redb]",
+    );
+    check_fails(
+        "[store]\nkind = \"redis\"",
+        "store.redis.url",
+        "needs a server URL",
+    );
+    check_fails(
+        "[store.redb]\ndurable = \"yes\"",
+        "store.redb.durable",
+        "invalid type",
+    );
+    check_fails(
+        "[transports.quic]\ncolour = 1",
+        "transports.quic.colour",
+        "unknown field",
+    );
+    check_fails(
+        "[transports.tcp]\nport = 1",
+        "transports.tcp",
+        "no transport named \"tcp\"",
+    );
+    // The effective configuration shows each backend's section with its defaults, and no
+    // password.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "redis.toml",
+        "[store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n",
+    );
+    let out = syncline()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[store.redis]"), "{stdout}");
+    assert!(stdout.contains("redis://:***@127.0.0.1:6379"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("[transports.quic]") && stdout.contains("idle_timeout = 10000"),
+        "{stdout}"
+    );
+}
