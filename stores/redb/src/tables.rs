@@ -76,53 +76,31 @@ fn ordinal(path: &Path, v: &[u8]) -> Result<u64> {
 }
 
 /// The `N`-byte keys `k` with `start <= k < end` in byte order, as an inclusive range; `None`
-/// if there is none. `end` is `None` for the end of the space.
+/// if there is none. `end` is `None` for the end of the space. `N` is at most 16.
 fn fixed_bounds<const N: usize>(start: &[u8], end: Option<&[u8]>) -> Option<([u8; N], [u8; N])> {
-    let mut lo = [0u8; N];
-    let n = start.len().min(N);
-    lo[..n].copy_from_slice(&start[..n]);
-    if start.len() > N {
-        // A longer start is passed by the key equal to its first N bytes: begin after it.
-        let mut carry = true;
-        for b in lo.iter_mut().rev() {
-            let (v, o) = b.overflowing_add(1);
-            *b = v;
-            carry = o;
-            if !carry {
-                break;
-            }
-        }
-        if carry {
-            return None;
-        }
-    }
-    let hi = match end {
-        None => [0xff; N],
-        Some(e) if e.len() > N => {
-            let mut hi = [0u8; N];
-            hi.copy_from_slice(&e[..N]);
-            hi
-        }
-        Some(e) => {
-            // Keys below `e` padded with zeros: one less, inclusive.
-            let mut hi = [0u8; N];
-            hi[..e.len()].copy_from_slice(e);
-            let mut borrow = true;
-            for b in hi.iter_mut().rev() {
-                let (v, o) = b.overflowing_sub(1);
-                *b = v;
-                borrow = o;
-                if !borrow {
-                    break;
-                }
-            }
-            if borrow {
-                return None;
-            }
-            hi
-        }
+    // A key of N bytes as a number, shorter byte strings padded with zeros.
+    let number = |b: &[u8]| {
+        let mut k = [0u8; 16];
+        let n = b.len().min(N);
+        k[16 - N..16 - N + n].copy_from_slice(&b[..n]);
+        u128::from_be_bytes(k)
     };
-    (lo <= hi).then_some((lo, hi))
+    let key = |v: u128| -> [u8; N] {
+        let mut k = [0u8; N];
+        k.copy_from_slice(&v.to_be_bytes()[16 - N..]);
+        k
+    };
+    let max = u128::MAX >> (128 - 8 * N);
+    // A longer start is passed by the key equal to its first N bytes: begin after it.
+    let lo = number(start).checked_add(u128::from(start.len() > N))?;
+    let hi = match end {
+        None => max,
+        // A longer end is above the key equal to its first N bytes: that key is in.
+        Some(e) if e.len() > N => number(e),
+        // Keys below `e` padded with zeros: one less, inclusive.
+        Some(e) => number(e).checked_sub(1)?,
+    };
+    (lo <= hi && lo <= max).then(|| (key(lo), key(hi)))
 }
 
 /// Opens tables on first use, in a read or a write transaction.
