@@ -240,3 +240,15 @@ impl TransportRegistry {
 pub fn parse_url(s: &str) -> Result<Url> {
     Url::parse(s).map_err(|e| Error::invalid(format!("{s:?} is not a valid URL: {e}")))
 }
+
+/// `url` with its password, if it has one, shown as `***` (for logs, errors and printed
+/// configuration); anything that does not parse as a URL is returned as it is.
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -37,6 +37,7 @@ use syncline_core::store::{
     ApplyBatch, ApplyOutcome, MAX_SCAN_ROWS, MetaSpace, MetaWrite, OpOutcome, OperationStore,
     ReadPage, SyncStorage,
 };
+use syncline_core::transport::redacted_url as redacted;
 use syncline_core::{
     DocumentType, Error, ErrorKind, OpId, Operation, Ordinal, Result, SortKey, StoredOp,
     StrandHead, StrandId,
@@ -228,16 +229,6 @@ impl std::fmt::Debug for RedisStore {
             .field("url", &self.inner.url)
             .field("prefix", &self.inner.prefix)
             .finish()
-    }
-}
-
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
     }
 }
 
