@@ -12,6 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use syncline_core::backend::{NodeContext, Section, StoreBackend, TransportBackend};
+use syncline_core::transport::redacted_url;
 use syncline_core::{PeerRule, ReactorConfig, RemoteConfig, SyncConfig};
 use syncline_scheduler::SchedulerConfig;
 
@@ -236,6 +237,14 @@ impl Default for Config {
 
 pub use syncline_core::ConfigError;
 
+/// The backends' sections of a checked configuration, with their defaults filled in.
+struct CheckedSections {
+    /// The chosen store's (`store.<kind>`).
+    store: serde_json::Value,
+    /// Every registered transport's (`transports.<name>`).
+    transports: BTreeMap<String, serde_json::Value>,
+}
+
 fn err(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::new(key, reason)
 }
@@ -275,8 +284,13 @@ impl Config {
     /// Checks values the types cannot (names, URLs, ranges) and each backend's section against
     /// the backends of this build (`backends`).
     pub fn validate(&self, backends: &NodeBackends) -> Result<(), ConfigError> {
+        self.checked(backends).map(drop)
+    }
+
+    /// [`Config::validate`], returning the backends' sections with their defaults filled in.
+    fn checked(&self, backends: &NodeBackends) -> Result<CheckedSections, ConfigError> {
         syncline_core::ReactorId::new(&self.node_id).map_err(|e| err("node_id", e.message()))?;
-        self.check_sections(backends)?;
+        let sections = self.check_sections(backends)?;
         for (key, v) in [
             ("listen.header_timeout", self.listen.header_timeout as usize),
             ("listen.max_connections", self.listen.max_connections),
@@ -363,32 +377,27 @@ impl Config {
                 return Err(err(&format!("plugins[{i}].path"), "must not be empty"));
             }
         }
-        Ok(())
+        Ok(sections)
     }
 
     /// The configuration with every backend's section checked and its defaults filled in
     /// (what `syncline config check` prints).
     pub fn effective(&self, backends: &NodeBackends) -> Result<Config, ConfigError> {
-        self.validate(backends)?;
+        let CheckedSections { store, transports } = self.checked(backends)?;
         let mut c = self.clone();
-        c.store.sections.insert(
-            self.store.kind.clone(),
-            self.store_section_checked(backends)?,
-        );
-        for name in backends.backends.transport_names() {
-            if let Some(t) = backends.backends.transport(&name) {
-                let value = t.check(&self.section(&format!("transports.{name}")))?;
-                c.transports.insert(name, value);
-            }
-        }
+        c.store.sections.insert(self.store.kind.clone(), store);
+        c.transports.extend(transports);
         Ok(c)
     }
 
     /// Checks `[store]` and `[transports]`: a known store kind, and each section belongs to a
-    /// registered backend and is valid for it.
-    fn check_sections(&self, backends: &NodeBackends) -> Result<(), ConfigError> {
+    /// registered backend and is valid for it. Returns the chosen store's section and every
+    /// registered transport's, with their defaults.
+    fn check_sections(&self, backends: &NodeBackends) -> Result<CheckedSections, ConfigError> {
+        let root = self.sections();
         let kind = self.store.kind.as_str();
-        self.store_section_checked(backends)?;
+        let store = store_for(backends, "store.kind", kind)?
+            .check(&Section::focus(&root, &format!("store.{kind}")))?;
         for (name, value) in &self.store.sections {
             let key = format!("store.{name}");
             if !value.is_object() {
@@ -400,31 +409,31 @@ impl Config {
                     ),
                 ));
             }
-            store_for(backends, &key, name)?.check(&self.section(&key))?;
+            if name != kind {
+                store_for(backends, &key, name)?.check(&Section::focus(&root, &key))?;
+            }
         }
-        for name in self.transports.keys() {
-            let key = format!("transports.{name}");
-            let Some(t) = backends.backends.transport(name) else {
-                return Err(err(
-                    &key,
-                    format!(
-                        "no transport named {name:?} in this binary (known: {})",
-                        backends.backends.transport_names().join(", ")
-                    ),
-                ));
-            };
-            t.check(&self.section(&key))?;
+        if let Some(name) = self
+            .transports
+            .keys()
+            .find(|name| backends.backends.transport(name).is_none())
+        {
+            return Err(err(
+                &format!("transports.{name}"),
+                format!(
+                    "no transport named {name:?} in this binary (known: {})",
+                    backends.backends.transport_names().join(", ")
+                ),
+            ));
         }
-        Ok(())
-    }
-
-    /// The chosen store's section, checked.
-    fn store_section_checked(
-        &self,
-        backends: &NodeBackends,
-    ) -> Result<serde_json::Value, ConfigError> {
-        let kind = self.store.kind.as_str();
-        store_for(backends, "store.kind", kind)?.check(&self.section(&format!("store.{kind}")))
+        let mut transports = BTreeMap::new();
+        for name in backends.backends.transport_names() {
+            if let Some(t) = backends.backends.transport(&name) {
+                let section = Section::focus(&root, &format!("transports.{name}"));
+                transports.insert(name, t.check(&section)?);
+            }
+        }
+        Ok(CheckedSections { store, transports })
     }
 
     /// What a backend knows of this node.
@@ -436,11 +445,6 @@ impl Config {
             request_timeout: self.sync.request_timeout,
             connections: self.listen.connection_limits(),
         })
-    }
-
-    /// The section `key` (dotted, as `store.redb`) of this configuration.
-    pub fn section(&self, key: &str) -> Section {
-        Section::focus(&self.sections(), key)
     }
 
     /// The backends' sections (`store.<kind>`, `transports.<name>`) as a figment to focus on.
@@ -536,17 +540,6 @@ fn transport_for<'a>(
             ),
         },
     ))
-}
-
-/// `url` with its password, if any, as `***`.
-fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Every URL in `v` with its password as `***`.
