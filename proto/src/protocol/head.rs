@@ -122,15 +122,14 @@ impl FrameHead {
 }
 
 impl FrameHead {
-    /// The kind of an error frame, read from the error's first field (its message is skipped,
-    /// not decoded); a kind this build does not know reads as `internal`. `None` if `frame`
-    /// is not an error frame.
-    pub fn error_kind(frame: &[u8]) -> Option<ErrorKind> {
-        let head = FrameHead::peek(frame)?;
-        if head.kind != FrameKind::Error {
+    /// The kind of the error frame `frame` whose head this is, read from the error's first
+    /// field (its message is skipped, not decoded); a kind this build does not know reads as
+    /// `internal`. `None` if the frame is not an error frame.
+    pub fn error_kind(&self, frame: &[u8]) -> Option<ErrorKind> {
+        if self.kind != FrameKind::Error {
             return None;
         }
-        let name = match head.codec {
+        let name = match self.codec {
             Codec::Binary => {
                 let (name, _) = postcard::take_from_bytes::<&str>(&frame[HEADER_LEN..]).ok()?;
                 name.to_owned()
@@ -200,11 +199,18 @@ mod tests {
                 ErrorKind::Unsupported,
             ] {
                 let frame = error_frame(codec, kind.as_str());
-                assert_eq!(FrameHead::error_kind(&frame), Some(kind), "{codec:?}");
+                assert_eq!(
+                    FrameHead::peek(&frame).unwrap().error_kind(&frame),
+                    Some(kind),
+                    "{codec:?}"
+                );
             }
             // A kind from a newer peer reads as internal, as a decoded one does.
             let frame = error_frame(codec, "from_the_future");
-            assert_eq!(FrameHead::error_kind(&frame), Some(ErrorKind::Internal));
+            assert_eq!(
+                FrameHead::peek(&frame).unwrap().error_kind(&frame),
+                Some(ErrorKind::Internal)
+            );
             // Not an error: no kind.
             let ack = codec
                 .encode(&Envelope {
@@ -217,7 +223,11 @@ mod tests {
                     })),
                 })
                 .unwrap();
-            assert_eq!(FrameHead::error_kind(&ack), None, "{codec:?}");
+            assert_eq!(
+                FrameHead::peek(&ack).unwrap().error_kind(&ack),
+                None,
+                "{codec:?}"
+            );
             assert_eq!(
                 FrameHead::request(&ack).unwrap(),
                 (1, MessageType::Ack),
@@ -227,7 +237,7 @@ mod tests {
             let (id, e) = FrameHead::request(&error_frame(codec, "timeout")).unwrap_err();
             assert_eq!((id, e.kind()), (7, ErrorKind::InvalidInput), "{codec:?}");
         }
-        assert_eq!(FrameHead::error_kind(b"SY"), None);
+        assert_eq!(FrameHead::peek(b"SY"), None);
         let (id, e) = FrameHead::request(b"GET / HTTP/1.1\r\n").unwrap_err();
         assert_eq!((id, e.kind()), (0, ErrorKind::Malformed));
     }

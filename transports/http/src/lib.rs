@@ -149,10 +149,10 @@ fn route_of(frame: &[u8]) -> Option<(MessageType, u64)> {
     }
 }
 
-/// Whether a response frame is a welcome.
-fn is_welcome(frame: &[u8]) -> bool {
+/// Whether a frame with this head is a welcome.
+fn is_welcome(head: Option<FrameHead>) -> bool {
     matches!(
-        FrameHead::peek(frame),
+        head,
         Some(FrameHead {
             kind: FrameKind::Response,
             message: Some(MessageType::Hello),
@@ -218,7 +218,7 @@ impl FrameSender for ClientSender {
                         .map(str::to_owned);
                     match resp.bytes().await {
                         Ok(body) => {
-                            let welcome = is_welcome(&body);
+                            let welcome = is_welcome(FrameHead::peek(&body));
                             if welcome && let Some(token) = token {
                                 *link.session.lock() = Some(token);
                             }
@@ -623,14 +623,15 @@ async fn handle(
     let head = FrameHead::peek(&answer);
     let mut response = frame_response(
         codec,
-        match head.map(|h| h.kind) {
-            Some(FrameKind::Error) => FrameHead::error_kind(&answer)
+        match head {
+            Some(h) if h.kind == FrameKind::Error => h
+                .error_kind(&answer)
                 .map_or(StatusCode::INTERNAL_SERVER_ERROR, status_of_kind),
             _ => StatusCode::OK,
         },
         answer.to_vec(),
     );
-    if message == MessageType::Hello && is_welcome(&answer) {
+    if message == MessageType::Hello && is_welcome(head) {
         let token = state.new_token();
         if let Ok(v) = HeaderValue::from_str(&token) {
             response.headers_mut().insert(SESSION_HEADER, v);
