@@ -310,7 +310,6 @@ pub(crate) fn put_all(txn: &WriteTransaction, path: &Path, batch: &[KvWrite]) ->
     let mut ops = None;
     let mut ids = None;
     let mut strand_ops = None;
-    let open = |e| map_err(path, "opening a table", e);
     let write = |e| map_err(path, "writing", e);
     for w in batch {
         let (k, value) = match w {
@@ -329,10 +328,7 @@ pub(crate) fn put_all(txn: &WriteTransaction, path: &Path, batch: &[KvWrite]) ->
                             rest.len()
                         ))
                     })?;
-                let t = match &mut ops {
-                    Some(t) => t,
-                    slot => slot.insert(txn.open_table(OPS).map_err(open)?),
-                };
+                let t = open_once(&mut ops, txn, OPS, path)?;
                 match value {
                     Some(v) => t.insert(k, v).map(drop).map_err(write)?,
                     None => t.remove(k).map(drop).map_err(write)?,
@@ -346,20 +342,14 @@ pub(crate) fn put_all(txn: &WriteTransaction, path: &Path, batch: &[KvWrite]) ->
                         rest.len()
                     ))
                 })?;
-                let t = match &mut ids {
-                    Some(t) => t,
-                    slot => slot.insert(txn.open_table(IDS).map_err(open)?),
-                };
+                let t = open_once(&mut ids, txn, IDS, path)?;
                 match value {
                     Some(v) => t.insert(k, ordinal(path, v)?).map(drop).map_err(write)?,
                     None => t.remove(k).map(drop).map_err(write)?,
                 }
             }
             3 => {
-                let t = match &mut strand_ops {
-                    Some(t) => t,
-                    slot => slot.insert(txn.open_table(STRAND_OPS).map_err(open)?),
-                };
+                let t = open_once(&mut strand_ops, txn, STRAND_OPS, path)?;
                 match value {
                     Some(v) => t.insert(rest, ordinal(path, v)?).map(drop).map_err(write)?,
                     None => t.remove(rest).map(drop).map_err(write)?,
@@ -371,10 +361,7 @@ pub(crate) fn put_all(txn: &WriteTransaction, path: &Path, batch: &[KvWrite]) ->
                     4 => &mut strands,
                     _ => &mut meta,
                 };
-                let t = match slot {
-                    Some(t) => t,
-                    slot => slot.insert(txn.open_table(byte_table(s)).map_err(open)?),
-                };
+                let t = open_once(slot, txn, byte_table(s), path)?;
                 match value {
                     Some(v) => t.insert(rest, v).map(drop).map_err(write)?,
                     None => t.remove(rest).map(drop).map_err(write)?,
@@ -383,6 +370,22 @@ pub(crate) fn put_all(txn: &WriteTransaction, path: &Path, batch: &[KvWrite]) ->
         }
     }
     Ok(())
+}
+
+/// The table in `slot`, opened in `txn` on first use.
+fn open_once<'s, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
+    slot: &'s mut Option<redb::Table<'t, K, V>>,
+    txn: &'t WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    path: &Path,
+) -> Result<&'s mut redb::Table<'t, K, V>> {
+    match slot {
+        Some(t) => Ok(t),
+        slot => Ok(slot.insert(
+            txn.open_table(def)
+                .map_err(|e| map_err(path, "opening a table", e))?,
+        )),
+    }
 }
 
 /// Creates every table of the layout.
