@@ -142,20 +142,6 @@ pub struct NodeContext {
     pub connections: ConnectionLimits,
 }
 
-impl NodeContext {
-    /// A context for `node_id` with default limits, files under the working directory.
-    pub fn new(node_id: ReactorId) -> Self {
-        let sync = crate::sync::SyncConfig::default();
-        NodeContext {
-            node_id,
-            data_dir: PathBuf::from("."),
-            max_frame_bytes: sync.max_frame_bytes,
-            request_timeout: sync.request_timeout,
-            connections: ConnectionLimits::default(),
-        }
-    }
-}
-
 /// A store kind: checks its section and opens its store.
 #[async_trait]
 pub trait StoreBackend: Send + Sync + fmt::Debug {
@@ -395,16 +381,6 @@ impl Backends {
     pub fn register_transport(&mut self, transport: Arc<dyn TransportBackend>) {
         self.transports
             .insert(transport.name().to_owned(), transport);
-    }
-
-    /// Forgets a store kind.
-    pub fn remove_store(&mut self, kind: &str) -> Option<Arc<dyn StoreBackend>> {
-        self.stores.remove(kind)
-    }
-
-    /// Forgets a transport.
-    pub fn remove_transport(&mut self, name: &str) -> Option<Arc<dyn TransportBackend>> {
-        self.transports.remove(name)
     }
 
     /// The store kind `kind`.
