@@ -5,7 +5,6 @@
 //! what it receives to the queue like any other job. Its own state (remotes, cursors,
 //! listeners, dead letters) lives in the store's sync storage.
 
-mod cell;
 mod config;
 mod remote;
 mod responder;
@@ -40,7 +39,7 @@ use crate::transport::{Link, TransportRegistry, parse_url};
 use crate::types::{Ordinal, ReactorId, RemoteName, StrandHead, StrandId};
 
 pub use config::*;
-use remote::RemoteShared;
+use remote::RemoteHandle;
 pub use remote::TaskGroup;
 use responder::Responder;
 pub use state::{DeadLetter, Direction, ListenerRecord, RefusalRecord, RemoteRecord, SyncState};
@@ -67,8 +66,8 @@ pub(crate) struct SyncContext {
     pub(crate) transports: TransportRegistry,
     pub(crate) config: SyncConfig,
     pub(crate) private_scopes: Arc<[String]>,
-    pub(crate) head: AtomicU64,
-    pub(crate) remotes: RwLock<BTreeMap<RemoteName, Arc<RemoteShared>>>,
+    pub(crate) head: Arc<AtomicU64>,
+    pub(crate) remotes: RwLock<BTreeMap<RemoteName, Arc<RemoteHandle>>>,
     /// Woken whenever operations are written (long polls wait on it).
     pub(crate) written: tokio::sync::Notify,
     /// Welcomed sessions peers opened to us, by peer (for `peer://` remotes).
@@ -214,7 +213,7 @@ impl SyncContext {
     }
 
     /// The names of remotes whose peer is `peer`.
-    pub(crate) fn remotes_of(&self, peer: &ReactorId) -> Vec<Arc<RemoteShared>> {
+    pub(crate) fn remotes_of(&self, peer: &ReactorId) -> Vec<Arc<RemoteHandle>> {
         self.remotes
             .read()
             .values()
@@ -282,7 +281,7 @@ impl SyncManager {
             transports: parts.transports,
             config: parts.config,
             private_scopes: Arc::from(private),
-            head: AtomicU64::new(head.0),
+            head: Arc::new(AtomicU64::new(head.0)),
             remotes: RwLock::new(BTreeMap::new()),
             inbound: watch::channel(BTreeMap::new()).0,
             written: tokio::sync::Notify::new(),
@@ -349,7 +348,7 @@ impl SyncManager {
     async fn launch(&self, record: RemoteRecord) -> Result<()> {
         let name = record.config.name.clone();
         let (shared, tasks) =
-            RemoteShared::start(self.ctx.clone(), self.responder.clone(), record).await?;
+            RemoteHandle::start(self.ctx.clone(), self.responder.clone(), record).await?;
         self.ctx.remotes.write().insert(name.clone(), shared);
         self.tasks.lock().insert(name, tasks);
         Ok(())
@@ -404,7 +403,7 @@ impl SyncManager {
             .collect()
     }
 
-    fn remote(&self, name: &str) -> Result<Arc<RemoteShared>> {
+    fn remote(&self, name: &str) -> Result<Arc<RemoteHandle>> {
         let name = RemoteName::new(name)?;
         self.ctx
             .remotes
@@ -587,8 +586,6 @@ impl SyncManager {
         }
         self.tasks.lock().clear();
         self.responder.close_sessions();
-        // Remotes point back at the context; forgetting them breaks that cycle, so a reactor
-        // that stopped frees its memory.
         self.ctx.remotes.write().clear();
     }
 }

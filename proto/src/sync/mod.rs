@@ -13,6 +13,7 @@ pub mod incoming;
 pub mod listeners;
 pub mod puller;
 pub mod pusher;
+pub mod remote;
 pub mod sessions;
 pub mod window;
 

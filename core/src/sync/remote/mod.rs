@@ -1,42 +1,43 @@
-//! One remote: its connection, its pusher and its puller.
+//! One remote: one task drives one machine (`syncline_proto::sync::remote`) of three roles.
 //!
 //! - The connector dials, says `Hello`, publishes the live session and redials with backoff
 //!   when it closes. Connection failures never count against a batch's retries.
 //! - The pusher reads our feed after the outbox cursor in bounded batches, keeps a bounded
 //!   window of them in flight, and moves the cursor only over batches the remote answered
-//!   `Applied` (or that were dead-lettered, which keeps them). Events only wake it.
+//!   `Applied` (or that were dead-lettered, which keeps them). Events only wake it. On a link
+//!   that piggybacks, a push first waits briefly for a pull to ride on.
 //! - The puller registers a listener once, then pulls after the inbox cursor whenever the
 //!   scheduler says, when poked, or at once while the remote has more; the pulled operations
 //!   and the new inbox cursor commit in one transaction.
+//!
+//! `run.rs` is the driver's loop; `connector.rs`, `pusher.rs` and `puller.rs` perform each
+//! role's effects.
 
 mod connector;
 mod puller;
 mod pusher;
+mod run;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
+use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use async_trait::async_trait;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use super::cell::Cell;
 use super::responder::Responder;
 use super::responder::Verdicts;
 use super::state::{DeadLetter, Direction, RefusalRecord, RemoteRecord, SyncState};
 use super::{ConnectionState, Failure, Piggyback, RemoteConfig, RemoteStatus, SyncContext};
 use crate::channel::{Channel, JobHandle, JobStatus, PullJobHandle};
+use crate::clock::HlcClock;
 use crate::error::{Error, ErrorKind, Result, WireError};
 use crate::events::OperationsWritten;
 use crate::filter::Filter;
@@ -75,102 +76,35 @@ impl Drop for TaskGroup {
     }
 }
 
-/// How long a batch offered for piggybacking waits for the puller before it is pushed alone.
-const PIGGYBACK_WAIT: Duration = Duration::from_millis(50);
-
-/// A push waiting to ride on the next pull.
-struct Piggy {
-    id: JobId,
-    push: Push,
-    reply: oneshot::Sender<Result<Pushed>>,
-}
-
-/// A piggybacked push taken by the puller; answers `Closed` if dropped unanswered.
-struct TakenPiggy(Option<Piggy>);
-
-impl TakenPiggy {
-    fn answer(&mut self, result: Result<Pushed>) {
-        if let Some(p) = self.0.take() {
-            let _ = p.reply.send(result);
-        }
-    }
-}
-
-impl Drop for TakenPiggy {
-    fn drop(&mut self) {
-        self.answer(Err(Error::closed(
-            "the pull carrying the push did not finish",
-        )));
-    }
-}
-
-/// A machine's timer for its shell: one sleep, moved only when the machine's deadline
-/// changes (making a timer per turn of the loop is a cost on the hot path).
-struct MachineTimer {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    armed: Option<Instant>,
-}
-
-impl MachineTimer {
-    fn new() -> Self {
-        MachineTimer {
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
-            armed: None,
-        }
-    }
-
-    /// Follows the machine's `poll_timeout`.
-    fn set(&mut self, deadline: Option<std::time::Instant>) {
-        let deadline = deadline.map(Instant::from_std);
-        if deadline != self.armed {
-            if let Some(at) = deadline {
-                self.sleep.as_mut().reset(at);
-            }
-            self.armed = deadline;
-        }
-    }
-
-    fn is_armed(&self) -> bool {
-        self.armed.is_some()
-    }
-
-    /// Waits for the deadline (poll only while armed) and disarms.
-    async fn fired(&mut self) {
-        (&mut self.sleep).await;
-        self.armed = None;
-    }
-}
-
-/// The remote's session and stop flag.
-#[derive(Clone, Debug, Default)]
-struct LinkState {
-    session: Option<Session>,
-    stopped: bool,
-}
-
-/// The state one remote's tasks share.
-pub(crate) struct RemoteShared {
-    ctx: Arc<SyncContext>,
-    responder: Arc<Responder>,
+/// What the rest of the sync manager holds of one remote: its configuration, status, mailboxes
+/// and the ways to wake or stop its driver. It points at nothing that holds it (the driver
+/// task holds the context and the responder), so removing a remote or stopping the manager
+/// frees it without breaking a cycle by hand.
+pub(crate) struct RemoteHandle {
     pub(crate) config: RemoteConfig,
     url: Url,
     pub(crate) channel: Arc<Channel>,
     pub(crate) status: watch::Sender<RemoteStatus>,
-    /// The live session and whether the remote was stopped, in one cell so that waiting
-    /// tasks wake in a fixed order.
-    link: Cell<LinkState>,
+    /// The live session, as the driver published it (for readers: the driver owns it).
+    link: watch::Sender<Option<Session>>,
+    stopped: AtomicBool,
+    stop: Notify,
     pub(crate) wake_push: Notify,
     pub(crate) wake_pull: Notify,
     record: Mutex<RemoteRecord>,
     /// Dead letters to send again (bounded by the push window).
     requeue_tx: mpsc::Sender<DeadLetter>,
     /// Dead letters being sent again, so that one is never delivered twice at once.
-    requeued: Mutex<std::collections::BTreeSet<String>>,
+    requeued: Mutex<BTreeSet<String>>,
     draining: AtomicBool,
-    piggy: Mutex<VecDeque<Piggy>>,
+    /// Our feed's head (the manager's), for the outbox lag.
+    head: Arc<AtomicU64>,
+    hlc: Arc<HlcClock>,
+    request_timeout: Duration,
+    push_window: usize,
 }
 
-impl fmt::Debug for RemoteShared {
+impl fmt::Debug for RemoteHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Remote")
             .field("name", &self.config.name)
@@ -179,11 +113,26 @@ impl fmt::Debug for RemoteShared {
     }
 }
 
+/// What the remote's driver task holds: the remote, the context and the responder (for the
+/// sessions it dials, which serve the peer's requests too).
+struct Driver {
+    remote: Arc<RemoteHandle>,
+    ctx: Arc<SyncContext>,
+    responder: Arc<Responder>,
+}
+
+impl Deref for Driver {
+    type Target = RemoteHandle;
+    fn deref(&self) -> &RemoteHandle {
+        &self.remote
+    }
+}
+
 /// The handler of sessions we dialled: the peer's requests go to the responder, its pokes wake
 /// our puller.
 struct ClientHandler {
     responder: Arc<Responder>,
-    remote: std::sync::Weak<RemoteShared>,
+    remote: std::sync::Weak<RemoteHandle>,
 }
 
 #[async_trait]
@@ -207,7 +156,8 @@ impl SessionHandler for ClientHandler {
     }
 }
 
-impl RemoteShared {
+impl RemoteHandle {
+    /// Starts a remote's driver (and the task that saves its outbox cursor).
     pub(crate) async fn start(
         ctx: Arc<SyncContext>,
         responder: Arc<Responder>,
@@ -235,36 +185,40 @@ impl RemoteShared {
             ..RemoteStatus::default()
         };
         let (requeue_tx, requeue_rx) = mpsc::channel(ctx.config.push_window.max(1));
-        let shared = Arc::new(RemoteShared {
-            ctx,
-            responder,
+        let shared = Arc::new(RemoteHandle {
             url,
             channel: Arc::new(Channel::new()),
             status: watch::channel(status).0,
-            link: Cell::new(LinkState::default()),
+            link: watch::channel(None).0,
+            stopped: AtomicBool::new(false),
+            stop: Notify::new(),
             wake_push: Notify::new(),
             wake_pull: Notify::new(),
             record: Mutex::new(record),
             requeue_tx,
-            requeued: Mutex::new(std::collections::BTreeSet::new()),
+            requeued: Mutex::new(BTreeSet::new()),
             draining: AtomicBool::new(false),
-            piggy: Mutex::new(VecDeque::new()),
+            head: ctx.head.clone(),
+            hlc: ctx.hlc.clone(),
+            request_timeout: ctx.config.request_timeout,
+            push_window: ctx.config.push_window,
             config,
         });
         {
             let s = shared.status_now();
             telemetry::remote_started(shared.name(), s.outbox_lag, s.inbox_lag);
         }
+        let driver = Arc::new(Driver {
+            remote: shared.clone(),
+            ctx,
+            responder,
+        });
         let mut tasks = TaskGroup::default();
-        tasks.spawn(shared.clone().connect_loop());
+        let (cursor_tx, cursor_rx) = watch::channel(outbox);
         if shared.config.mode.pushes() {
-            let (cursor_tx, cursor_rx) = watch::channel(outbox);
-            tasks.spawn(shared.clone().push_loop(requeue_rx, cursor_tx));
-            tasks.spawn(shared.clone().save_outbox_cursor(cursor_rx));
+            tasks.spawn(driver.clone().save_outbox_cursor(cursor_rx));
         }
-        if shared.config.mode.pulls() {
-            tasks.spawn(shared.clone().pull_loop());
-        }
+        tasks.spawn(driver.run(requeue_rx, cursor_tx));
         Ok((shared, tasks))
     }
 
@@ -280,11 +234,18 @@ impl RemoteShared {
         self.record.lock().clone()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.hlc.wall().now_millis()
+    }
+
+    /// The live session, if any.
+    fn live(&self) -> Option<Session> {
+        self.link.borrow().clone().filter(|s| !s.is_closed())
+    }
+
     /// Whether this remote pushes and is connected.
     pub(crate) fn pushes_live(&self) -> bool {
-        self.config.mode.pushes()
-            && self.config.filter.is_all()
-            && self.link.get().session.is_some_and(|s| !s.is_closed())
+        self.config.mode.pushes() && self.config.filter.is_all() && self.live().is_some()
     }
 
     pub(crate) fn on_written(&self, _written: &OperationsWritten) {
@@ -304,7 +265,8 @@ impl RemoteShared {
     pub(crate) fn status_now(&self) -> RemoteStatus {
         let mut s = self.status.borrow().clone();
         if self.config.mode.pushes() {
-            s.outbox_lag = self.ctx.head().0.saturating_sub(s.outbox_cursor.0);
+            let head = self.head.load(Ordering::Acquire);
+            s.outbox_lag = head.saturating_sub(s.outbox_cursor.0);
         }
         s.in_sync = s.connection == ConnectionState::Connected
             && s.dead_letters == 0
@@ -313,17 +275,20 @@ impl RemoteShared {
         s
     }
 
+    /// Stops the remote: its session closes now, its driver ends.
     pub(crate) fn stop(&self) {
-        let session = self.link.update(|l| {
-            l.stopped = true;
-            l.session.take()
-        });
-        if let Some(s) = session {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop.notify_one();
+        if let Some(s) = self.link.send_replace(None) {
             s.close();
         }
         self.status
             .send_modify(|s| s.connection = ConnectionState::Stopped);
         telemetry::connected(self.name(), false);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     pub(crate) fn begin_drain(&self) {
@@ -360,7 +325,7 @@ impl RemoteShared {
                 format!(
                     "remote {} already has {} dead letters waiting to be sent again; try later",
                     self.name(),
-                    self.ctx.config.push_window
+                    self.push_window
                 ),
             )),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -370,7 +335,7 @@ impl RemoteShared {
     }
 
     pub(crate) async fn directory(&self, filter: Filter) -> Result<Vec<StrandHead>> {
-        let timeout = self.ctx.config.request_timeout;
+        let timeout = self.request_timeout;
         let session = tokio::time::timeout(timeout, self.wait_session())
             .await
             .ok()
@@ -392,48 +357,25 @@ impl RemoteShared {
 
     /// The live session, waiting for one; `None` once stopped.
     async fn wait_session(&self) -> Option<Session> {
+        let mut rx = self.link.subscribe();
         loop {
-            let state = self
-                .link
-                .wait_until(|l| l.stopped || l.session.as_ref().is_some_and(|s| !s.is_closed()))
-                .await;
-            if state.stopped {
+            if self.is_stopped() {
                 return None;
             }
-            if let Some(s) = state.session.filter(|s| !s.is_closed()) {
+            if let Some(s) = self.live() {
                 return Some(s);
             }
+            rx.changed().await.ok()?;
         }
     }
 
-    fn stopped(&self) -> bool {
-        self.link.get().stopped
-    }
-
-    async fn until_stopped(&self) {
-        self.link.wait_until(|l| l.stopped).await;
-    }
-
-    /// Waits until the live session is no longer the one with id `known` (it closed, another
-    /// replaced it, or the remote stopped) and returns the live one, if any. The connector
-    /// clears the link when a session closes (waiting on the session itself would wake tasks
-    /// in a random order).
-    async fn session_changed(&self, known: Option<u64>) -> Option<Session> {
-        let live = |l: &LinkState| l.session.clone().filter(|s| !s.is_closed());
-        let link = self
-            .link
-            .wait_until(|l| l.stopped || live(l).as_ref().map(Session::id) != known)
-            .await;
-        live(&link)
-    }
-
     fn succeeded(&self) {
-        let now = self.ctx.now_ms();
+        let now = self.now_ms();
         self.status.send_modify(|s| s.last_success_ms = Some(now));
     }
 
     fn failed(&self, e: &Error) {
-        let now = self.ctx.now_ms();
+        let now = self.now_ms();
         self.status.send_modify(|s| {
             s.last_failure = Some(Failure {
                 at_ms: now,

@@ -1,52 +1,17 @@
-//! The pusher: reads the feed after the outbox cursor, sends pushes within the window (or on
-//! the peer's pulls), keeps refusals and dead letters, and moves the cursor over what the peer
-//! answered.
+//! The pusher's effects: read the feed after the outbox cursor, send pushes, keep refusals and
+//! dead letters, and save the cursor over what the peer answered.
 
+use super::run::{Done, Shell};
 use super::*;
 
-use syncline_proto::sync::pusher::{PushEffect, Pusher, PusherConfig, Record};
+use syncline_proto::sync::pusher::{PushEffect, Record};
+use syncline_proto::sync::remote::RemoteMachine;
 
-/// What an effect the shell performed gave back.
-enum Done {
-    Answered(JobId, Result<(Pushed, usize)>),
-    Recorded(JobId, bool),
-    Nothing,
-}
-
-impl Done {
-    fn name(&self) -> &'static str {
-        match self {
-            Done::Answered(_, Ok(_)) => "answered",
-            Done::Answered(_, Err(_)) => "failed",
-            Done::Recorded(..) => "recorded",
-            Done::Nothing => "nothing",
-        }
-    }
-}
-
-type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
-
-/// What the pusher's driver holds: the machine's batches as job handles, the effects being
-/// performed, and the session the machine was last told about.
-struct PushShell {
-    remote: Arc<RemoteShared>,
-    handles: BTreeMap<JobId, JobHandle>,
-    pending: Pending,
-    session: Option<Session>,
-    filter: Option<crate::filter::ReadFilter>,
-    saver: watch::Sender<Ordinal>,
-}
-
-impl PushShell {
-    fn perform(&mut self, effect: PushEffect) {
-        let remote = &self.remote;
-        tracing::trace!(
-            remote = remote.name(),
-            effect = effect.name(),
-            "push effect"
-        );
+impl Shell {
+    pub(super) fn push_effect(&mut self, effect: PushEffect) {
+        let remote = &self.driver;
         match effect {
-            // Performed inline by the loop (`PushShell::read`).
+            // Performed inline by the loop (`Shell::read`).
             PushEffect::ReadFeed { .. } => {}
             PushEffect::Opened { job, range, ops } => {
                 let handle = JobHandle::new(job, ops, range);
@@ -57,15 +22,15 @@ impl PushShell {
                 if let Some(h) = self.handles.get(&job) {
                     let _ = h.advance(JobStatus::TransportPending);
                 }
-                let session = self.session.clone();
-                let remote = remote.clone();
-                self.pending.push(Box::pin(async move {
+                let session = self.live.clone();
+                let driver = remote.clone();
+                self.spawn(async move {
                     let answer = match session {
-                        Some(session) => remote.send_push(&session, &request, job).await,
+                        Some(session) => driver.send_push(&session, &request).await,
                         None => Err(Error::closed("the session closed")),
                     };
-                    Done::Answered(job, answer)
-                }));
+                    Done::PushAnswered(job, answer)
+                });
             }
             PushEffect::Sent {
                 ok,
@@ -108,15 +73,15 @@ impl PushShell {
                 telemetry::retry(remote.name(), "push");
             }
             PushEffect::Relayed(relayed) => {
-                let remote = remote.clone();
-                self.pending.push(Box::pin(async move {
-                    if let Some(peer) = remote.peer()
-                        && let Err(e) = remote.ctx.record_reported(&peer, &relayed).await
+                let driver = remote.clone();
+                self.spawn(async move {
+                    if let Some(peer) = driver.peer()
+                        && let Err(e) = driver.ctx.record_reported(&peer, &relayed).await
                     {
-                        tracing::warn!(remote = remote.name(), error = %e, "could not record refusals");
+                        tracing::warn!(remote = driver.name(), error = %e, "could not record refusals");
                     }
                     Done::Nothing
-                }));
+                });
             }
             PushEffect::Record {
                 job,
@@ -126,19 +91,19 @@ impl PushShell {
                 let Some(handle) = self.handles.get(&job).cloned() else {
                     return;
                 };
-                let remote = remote.clone();
-                self.pending.push(Box::pin(async move {
+                let driver = remote.clone();
+                self.spawn(async move {
                     let stored = match record {
                         Record::Refusals(refused) => {
-                            remote.keep_refusals(&handle, &refused, requeued).await
+                            driver.keep_refusals(&handle, &refused, requeued).await
                         }
                         Record::Delivered => {
-                            remote.forget_dead_letter(&handle).await;
+                            driver.forget_dead_letter(&handle).await;
                             true
                         }
                     };
                     Done::Recorded(job, stored)
-                }));
+                });
             }
             PushEffect::Finished { job, requeued } => {
                 if let Some(handle) = self.handles.remove(&job) {
@@ -149,7 +114,11 @@ impl PushShell {
                     remote.requeued.lock().remove(&job.to_string());
                 }
             }
-            PushEffect::Cursor(at) => remote.commit_outbox(at, &self.saver),
+            PushEffect::Cursor(at) => {
+                remote.status.send_modify(|s| s.outbox_cursor = at);
+                self.saver.send_replace(at);
+                remote.report_lag();
+            }
             PushEffect::InFlight(n) => {
                 remote.status.send_if_modified(|s| {
                     let changed = s.in_flight != n;
@@ -159,19 +128,16 @@ impl PushShell {
             }
         }
     }
-}
 
-impl PushShell {
-    /// Reads the feed and hands the page to the machine. Awaited in the loop, as a read is
-    /// short and a batch cannot be opened before it anyway: that spares a wake-up per page.
-    async fn read(&mut self, machine: &mut Pusher, after: Ordinal, limit: usize) {
-        let remote = &self.remote;
+    /// Reads the feed and hands the page to the machine.
+    pub(super) async fn read(&mut self, machine: &mut RemoteMachine, after: Ordinal, limit: usize) {
+        let remote = &self.driver;
         // What counts as an echo depends on who the remote is, known by now.
         let filter = self
             .filter
             .get_or_insert_with(|| remote.ctx.read_filter(&remote.config.filter, remote.peer()));
         let page = remote.ctx.store.read_since(after, limit, filter).await;
-        let now = Instant::now().into_std();
+        let now = tokio::time::Instant::now().into_std();
         match page {
             Ok(page) => {
                 let entropy = &remote.ctx.entropy;
@@ -186,7 +152,7 @@ impl PushShell {
     }
 }
 
-impl RemoteShared {
+impl Driver {
     pub(super) async fn save_outbox_cursor(self: Arc<Self>, mut rx: watch::Receiver<Ordinal>) {
         while rx.changed().await.is_ok() {
             let at = *rx.borrow_and_update();
@@ -198,99 +164,6 @@ impl RemoteShared {
             {
                 // The cursor only lags; the batches after it are sent again and deduplicated.
                 tracing::warn!(remote = self.name(), error = %e, "could not save the outbox cursor");
-            }
-        }
-    }
-
-    pub(super) fn commit_outbox(&self, at: Ordinal, saver: &watch::Sender<Ordinal>) {
-        self.status.send_modify(|s| s.outbox_cursor = at);
-        saver.send_replace(at);
-        self.report_lag();
-    }
-
-    /// Drives the pusher machine: performs its effects, feeds it what they returned, the
-    /// session's comings and goings, local writes, requeued dead letters and its timers.
-    pub(super) async fn push_loop(
-        self: Arc<Self>,
-        mut requeue_rx: mpsc::Receiver<DeadLetter>,
-        saver: watch::Sender<Ordinal>,
-    ) {
-        let cfg = &self.ctx.config;
-        let config = PusherConfig::new(
-            cfg.push_batch_ops,
-            cfg.batch_bytes(),
-            cfg.push_window,
-            cfg.retry,
-        );
-        let committed = self.status.borrow().outbox_cursor;
-        let mut machine = Pusher::new(config, committed, self.peer().is_some());
-        let mut shell = PushShell {
-            remote: self.clone(),
-            handles: BTreeMap::new(),
-            pending: FuturesUnordered::new(),
-            session: None,
-            filter: None,
-            saver,
-        };
-        let mut timer = MachineTimer::new();
-        loop {
-            while let Some(effect) = machine.poll_effect() {
-                tracing::trace!(remote = self.name(), effect = effect.name(), "push effect");
-                match effect {
-                    PushEffect::ReadFeed { after, limit } => {
-                        shell.read(&mut machine, after, limit).await;
-                    }
-                    other => shell.perform(other),
-                }
-            }
-            timer.set(machine.poll_timeout());
-            // Until the connector clears a closed session from the link, a send on it fails as
-            // closed.
-            let known = shell.session.as_ref().map(Session::id);
-            tokio::select! {
-                biased;
-                _ = self.until_stopped() => break,
-                Some(done) = shell.pending.next(), if !shell.pending.is_empty() => {
-                    let now = Instant::now().into_std();
-                    tracing::trace!(remote = self.name(), done = done.name(), pending = shell.pending.len(), "push input");
-                    match done {
-                        Done::Answered(job, answer) => {
-                            machine.answered(now, job, answer, || self.ctx.entropy.unit());
-                        }
-                        Done::Recorded(job, true) => machine.recorded(job),
-                        Done::Recorded(job, false) => machine.record_failed(now, job),
-                        Done::Nothing => {}
-                    }
-                }
-                session = self.session_changed(known) => {
-                    shell.session = session;
-                    tracing::trace!(remote = self.name(), session = ?shell.session.as_ref().map(Session::id), "push link");
-                    match shell.session {
-                        Some(_) => machine.connected(Instant::now().into_std()),
-                        None => machine.disconnected(),
-                    }
-                }
-                // Requeued batches count against the push window like any other.
-                Some(letter) = requeue_rx.recv(), if machine.has_room() => {
-                    let Ok(id) = letter.id.parse::<JobId>() else {
-                        self.requeued.lock().remove(&letter.id);
-                        tracing::warn!(remote = self.name(), letter = %letter.id, "a dead letter's id is not a job id; not sent again");
-                        continue;
-                    };
-                    let ops = letter.operations.into_iter().map(Arc::new).collect();
-                    machine.requeue(Instant::now().into_std(), id, ops, letter.range);
-                }
-                _ = self.wake_push.notified() => {
-                    tracing::trace!(remote = self.name(), in_flight = machine.in_flight(), "push woken");
-                    if self.draining.load(Ordering::SeqCst) {
-                        machine.drain();
-                    }
-                    machine.written();
-                }
-                () = timer.fired(), if timer.is_armed() => {
-                    tracing::trace!(remote = self.name(), "push timer");
-                    machine.handle_timeout(Instant::now().into_std());
-                }
             }
         }
     }
@@ -394,69 +267,9 @@ impl RemoteShared {
         self.ctx.refusals_cleared(ops);
     }
 
-    pub(super) fn piggybacks_on(&self, session: &Session) -> bool {
-        self.config.mode.pulls()
-            && match self.ctx.config.piggyback {
-                Piggyback::Never => false,
-                Piggyback::NonDuplex => !session.info().duplex,
-                Piggyback::Always => true,
-            }
-    }
-
-    /// Sends one push, alone or riding on the next pull; returns the answer and the request's
-    /// size (0 when it rode on a pull).
-    pub(super) async fn send_push(
-        &self,
-        session: &Session,
-        request: &Request,
-        id: JobId,
-    ) -> Result<(Pushed, usize)> {
-        let timeout = self.ctx.config.request_timeout;
-        if let (true, Request::Push(push)) = (self.piggybacks_on(session), request) {
-            let (reply, mut rx) = oneshot::channel();
-            self.piggy.lock().push_back(Piggy {
-                id,
-                push: push.clone(),
-                reply,
-            });
-            self.wake_pull.notify_one();
-            let early = tokio::select! {
-                biased;
-                r = &mut rx => Some(r),
-                _ = tokio::time::sleep(PIGGYBACK_WAIT) => None,
-            };
-            let answer = match early {
-                Some(r) => Some(r),
-                None => {
-                    // Not picked up in time: take it back and push it alone.
-                    let taken_back = {
-                        let mut q = self.piggy.lock();
-                        let pos = q.iter().position(|p| p.id == id);
-                        pos.and_then(|pos| q.remove(pos)).is_some()
-                    };
-                    if taken_back {
-                        None
-                    } else {
-                        Some(
-                            tokio::time::timeout(timeout * 2, rx)
-                                .await
-                                .unwrap_or_else(|_| {
-                                    Ok(Err(Error::new(
-                                        ErrorKind::Timeout,
-                                        "the pull carrying the push timed out",
-                                    )))
-                                }),
-                        )
-                    }
-                }
-            };
-            if let Some(r) = answer {
-                return r
-                    .unwrap_or_else(|_| Err(Error::closed("the puller stopped")))
-                    .map(|p| (p, 0));
-            }
-        }
-        let reply = session.request(request, timeout).await?;
+    /// Sends one push on its own; returns the answer and the request's size.
+    async fn send_push(&self, session: &Session, request: &Request) -> Result<(Pushed, usize)> {
+        let reply = session.request(request, self.request_timeout).await?;
         match reply.response {
             Response::Pushed(p) => Ok((p, reply.request_bytes)),
             other => Err(unexpected("push", &other)),
