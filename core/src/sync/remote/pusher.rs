@@ -24,7 +24,7 @@ impl Shell {
                 }
                 let session = self.live.clone();
                 let driver = remote.clone();
-                self.spawn(async move {
+                self.spawn_task(async move {
                     let answer = match session {
                         Some(session) => driver.send_push(&session, &request).await,
                         None => Err(Error::closed("the session closed")),

@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use syncline_proto::sync::connector::Connector;
@@ -46,13 +47,15 @@ impl Done {
     }
 }
 
-pub(super) type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
-
 /// What the driver holds besides the machine: the effects being performed, the sessions, and
 /// each role's bookkeeping.
 pub(super) struct Shell {
     pub(super) driver: Arc<Driver>,
-    pub(super) pending: Pending,
+    /// The effects being performed, polled by the loop itself.
+    pub(super) pending: FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>,
+    /// Pushes being sent, each its own task, so that encoding a batch runs beside the loop
+    /// and the pull it is handling, on another worker (dropping the set aborts them).
+    pub(super) sends: JoinSet<Done>,
     /// The session being dialled, then the live one.
     pub(super) dialled: Option<Session>,
     pub(super) live: Option<Session>,
@@ -71,8 +74,13 @@ pub(super) struct Shell {
 }
 
 impl Shell {
-    pub(super) fn spawn(&self, fut: impl Future<Output = Done> + Send + 'static) {
+    pub(super) fn spawn(&mut self, fut: impl Future<Output = Done> + Send + 'static) {
         self.pending.push(Box::pin(fut));
+    }
+
+    /// Like [`Shell::spawn`], as a task of its own.
+    pub(super) fn spawn_task(&mut self, fut: impl Future<Output = Done> + Send + 'static) {
+        self.sends.spawn(fut);
     }
 }
 
@@ -154,6 +162,7 @@ impl Driver {
         let mut shell = Shell {
             driver: self.clone(),
             pending: FuturesUnordered::new(),
+            sends: JoinSet::new(),
             dialled: None,
             live: None,
             handles: BTreeMap::new(),
@@ -189,6 +198,15 @@ impl Driver {
                 Some(done) = shell.pending.next(), if !shell.pending.is_empty() => {
                     tracing::trace!(remote = self.name(), done = done.name(), "input");
                     shell.done(&mut machine, done);
+                }
+                Some(joined) = shell.sends.join_next(), if !shell.sends.is_empty() => {
+                    match joined {
+                        Ok(done) => {
+                            tracing::trace!(remote = self.name(), done = done.name(), "input");
+                            shell.done(&mut machine, done);
+                        }
+                        Err(e) => tracing::error!(remote = self.name(), error = %e, "an effect of the remote panicked"),
+                    }
                 }
                 () = async { shell.live.as_ref().expect("guarded").closed().await }, if shell.live.is_some() => {
                     machine.closed(now(), || entropy.unit());
