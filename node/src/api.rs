@@ -13,13 +13,19 @@
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! Who may call which route is [`crate::auth`]'s: with `[[api.tokens]]` configured, documents
+//! need `read` (and the document in the token's filter), submissions `write`, remotes, dead
+//! letters and the sync status `admin`; remote credentials are never returned.
+//!
 //! A document id with `/` is percent-encoded in the path (`drive%2Fa`). Errors are
 //! `{"error": {"kind", "message"}}` with a fitting status; a body over `sync.max_frame_bytes`
 //! or an action input over `sync.max_action_bytes` answers 413.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +34,8 @@ use serde_json::{Value, json};
 use syncline_core::{
     DocumentType, Error, ErrorKind, NewAction, Reactor, RemoteConfig, StrandId, Submission,
 };
+
+use crate::auth::{ApiAuth, Caller, Role};
 
 /// What the routes share.
 #[derive(Clone)]
@@ -39,6 +47,8 @@ pub struct AppState {
     /// The addresses this node listens on, by URL scheme, filled in as listeners start: a
     /// remote pointing at one of them is this node itself.
     pub listening: std::sync::Arc<parking_lot::RwLock<Vec<(&'static str, std::net::SocketAddr)>>>,
+    /// Who may call which route.
+    pub auth: Arc<ApiAuth>,
 }
 
 impl AppState {
@@ -279,11 +289,15 @@ async fn operations_json(s: &AppState, strand: &StrandId, q: &StrandQuery) -> Ap
 
 async fn submit(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(doc): ApiPath<String>,
     body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Submitted>)> {
+    caller.needs(Role::Write)?;
     let Json(body) = body.map_err(json_error)?;
-    let written = s.reactor.submit(body.into_submission(&doc)?).await?;
+    let submission = body.into_submission(&doc)?;
+    caller.needs_strand(Role::Write, &submission.strand)?;
+    let written = s.reactor.submit(submission).await?;
     Ok((
         StatusCode::CREATED,
         Json(Submitted {
@@ -294,10 +308,12 @@ async fn submit(
 
 async fn document(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(doc): ApiPath<String>,
     ApiQuery(q): ApiQuery<StrandQuery>,
 ) -> ApiResult<Json<Value>> {
     let strand = StrandId::parse(&doc, q.scope.as_deref(), q.branch.as_deref())?;
+    caller.needs_strand(Role::Read, &strand)?;
     let state = s.reactor.document(&strand).await?;
     let mut v = serde_json::to_value(&state)
         .map_err(|e| Error::internal(format!("encoding a document failed: {e}")))?;
@@ -312,52 +328,89 @@ async fn document(
 
 async fn operations(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(doc): ApiPath<String>,
     ApiQuery(q): ApiQuery<StrandQuery>,
 ) -> ApiResult<Json<Value>> {
     let strand = StrandId::parse(&doc, q.scope.as_deref(), q.branch.as_deref())?;
+    caller.needs_strand(Role::Read, &strand)?;
     let mut page = operations_json(&s, &strand, &q).await?;
     page["strand"] = json!(strand);
     Ok(Json(page))
 }
 
-async fn documents(State(s): State<AppState>) -> ApiResult<Json<Value>> {
-    let heads = s.reactor.store().heads().await?;
+async fn documents(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.needs(Role::Read)?;
+    let mut heads = s.reactor.store().heads().await?;
+    heads.retain(|h| caller.reaches(&h.strand));
     Ok(Json(json!({"strands": heads})))
 }
 
-async fn remotes(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"remotes": s.reactor.sync().remotes()}))
+/// A remote's configuration as the API shows it: its credentials never, its URL without a
+/// password.
+fn remote_json(config: &RemoteConfig) -> Value {
+    let mut v = json!(config);
+    if !v["credentials"].is_null() {
+        v["credentials"] = json!("[redacted]");
+    }
+    v["url"] = json!(syncline_core::transport::redacted_url(&config.url));
+    v
+}
+
+async fn remotes(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.needs(Role::Admin)?;
+    let remotes: Vec<Value> = s.reactor.sync().remotes().iter().map(remote_json).collect();
+    Ok(Json(json!({"remotes": remotes})))
 }
 
 async fn add_remote(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<RemoteConfig>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.needs(Role::Admin)?;
     let Json(config) = body.map_err(json_error)?;
+    s.auth.check_remote_url(&config.url)?;
     s.check_not_self(&config.url)?;
     let name = config.name.to_string();
+    let url = syncline_core::transport::redacted_url(&config.url);
     s.reactor.sync().add_remote(config).await?;
+    tracing::info!(by = caller.who(), remote = %name, url = %url, "a remote was added through the API");
     let status = s.reactor.sync().remote_status(&name)?;
     Ok((StatusCode::CREATED, Json(json!(status))))
 }
 
 async fn remote(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
+    caller.needs(Role::Admin)?;
     Ok(Json(json!(s.reactor.sync().remote_status(&name)?)))
 }
 
 async fn remove_remote(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
+    caller.needs(Role::Admin)?;
     s.reactor.sync().remove_remote(&name).await?;
+    tracing::info!(by = caller.who(), remote = %name, "a remote was removed through the API");
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn dead_letters(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+async fn dead_letters(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.needs(Role::Admin)?;
     let letters = s.reactor.sync().dead_letters().await?;
     let summary: Vec<Value> = letters
         .iter()
@@ -372,19 +425,41 @@ async fn dead_letters(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"dead_letters": summary})))
 }
 
-async fn requeue(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
+async fn requeue(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.needs(Role::Admin)?;
     s.reactor.sync().requeue_dead_letter(&id).await?;
+    tracing::info!(by = caller.who(), letter = %id, "a dead letter was requeued through the API");
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn status(State(s): State<AppState>) -> Json<Value> {
-    Json(json!(s.reactor.sync().status()))
+async fn status(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.needs(Role::Admin)?;
+    Ok(Json(json!(s.reactor.sync().status())))
 }
 
 async fn health(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let head = s.reactor.store().head().await?;
     Ok(Json(
         json!({"status": "ok", "reactor_id": s.reactor.id(), "head": head}),
+    ))
+}
+
+/// `GET /healthz` on a sync listener of its own (`listen.sync`): liveness only.
+pub async fn sync_health(State(r): State<Reactor>) -> Json<Value> {
+    Json(json!({"status": "ok", "reactor_id": r.id()}))
+}
+
+/// Anything else on a sync listener of its own: the application API is not served there.
+pub async fn sync_not_found() -> ApiError {
+    ApiError(Error::not_found(
+        "this is the sync listener (listen.sync); the application API is served on listen.http",
     ))
 }
 
@@ -424,7 +499,8 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// The application routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.reactor.config().sync.max_frame_bytes;
-    Router::new()
+    let auth = state.auth.clone();
+    let router = Router::new()
         .route("/v1/documents", get(documents))
         .route("/v1/documents/{doc}", get(document))
         .route("/v1/documents/{doc}/actions", post(submit))
@@ -436,6 +512,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync/status", get(status))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            crate::auth::layer,
+        ));
+    // The per-address limit runs first (it wraps the token check), so guessing tokens costs
+    // the guesser its own budget.
+    let router = match auth.per_address() {
+        Some(limit) => router.route_layer(axum::middleware::from_fn_with_state(
+            limit,
+            crate::rate::per_address,
+        )),
+        None => router,
+    };
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -28,8 +28,22 @@ fn encode_segment(s: &str) -> String {
 impl Client {
     /// A client of the node at `base` (`http://host:port`).
     pub fn new(base: &str) -> anyhow::Result<Self> {
+        Client::with_token(base, None)
+    }
+
+    /// A client of the node at `base` that presents `token` (an `[[api.tokens]]` token) with
+    /// every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the token is not valid in an HTTP header")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()
             .context("building the HTTP client")?;
         Ok(Client {

@@ -44,8 +44,12 @@ impl Default for StoreChoice {
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// The HTTP listener: application API, `/metrics`, `/healthz`, and the HTTP and WebSocket
-    /// sync endpoints.
+    /// sync endpoints unless `sync` is set.
     pub http: SocketAddr,
+    /// A second HTTP listener for the HTTP and WebSocket sync endpoints only (and `/healthz`);
+    /// with it, `http` serves the application API alone, so sync can be exposed while the API
+    /// stays private.
+    pub sync: Option<SocketAddr>,
     /// A QUIC listener for `quic://` peers.
     pub quic: Option<SocketAddr>,
     /// A Redis pub/sub listener: `redis://host:port?as=<name>`.
@@ -62,6 +66,9 @@ pub struct ListenConfig {
     pub max_connections_per_address: usize,
     /// Milliseconds an HTTP sync session may go unused before it is forgotten.
     pub http_session_idle: u64,
+    /// Requests per client address on the HTTP and WebSocket sync endpoints (each HTTP sync
+    /// request, each WebSocket upgrade); none: no limit.
+    pub sync_rate_per_address: Option<crate::rate::Rate>,
 }
 
 impl ListenConfig {
@@ -78,6 +85,7 @@ impl Default for ListenConfig {
     fn default() -> Self {
         ListenConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            sync: None,
             quic: None,
             redis: None,
             urls: Vec::new(),
@@ -85,6 +93,7 @@ impl Default for ListenConfig {
             max_connections: 8192,
             max_connections_per_address: 1024,
             http_session_idle: 300_000,
+            sync_rate_per_address: None,
         }
     }
 }
@@ -207,6 +216,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Peer permissions.
     pub permissions: PermissionsConfig,
+    /// Who may use the application API (`[api]`, `[[api.tokens]]`).
+    pub api: crate::auth::ApiConfig,
     /// Metrics.
     pub metrics: MetricsConfig,
     /// Runtime plugins.
@@ -228,6 +239,7 @@ impl Default for Config {
             reactor: ReactorConfig::default(),
             sync: SyncConfig::default(),
             permissions: PermissionsConfig::default(),
+            api: crate::auth::ApiConfig::default(),
             metrics: MetricsConfig::default(),
             plugins: Vec::new(),
             shutdown_grace: 10,
@@ -318,6 +330,7 @@ impl Config {
                 ));
             }
             let own = std::iter::once(("http", self.listen.http))
+                .chain(self.listen.sync.map(|s| ("http", s)))
                 .chain(self.listen.quic.map(|q| ("quic", q)));
             for (kind, addr) in own {
                 if crate::api::points_at(&r.url, kind, &addr) {
@@ -372,6 +385,29 @@ impl Config {
             .map_err(|e| err("reactor", e.message()))?;
         syncline_core::RulePermissions::new(self.permissions.rules.clone())
             .map_err(|e| err("permissions.rules", e.message()))?;
+        if self.listen.sync == Some(self.listen.http) && self.listen.http.port() != 0 {
+            return Err(err(
+                "listen.sync",
+                "is the same address as listen.http; leave it out to serve both there",
+            ));
+        }
+        if let Some(r) = self.listen.sync_rate_per_address {
+            r.check("listen.sync_rate_per_address")?;
+        }
+        let auth = crate::auth::ApiAuth::new(&self.api)?;
+        if auth.is_open() && !self.api.allow_unauthenticated && !self.listen.http.ip().is_loopback()
+        {
+            return Err(err(
+                "listen.http",
+                format!(
+                    "{} is not a loopback address and the application API has no tokens: \
+                     anyone who reaches it could read and write every document and add \
+                     remotes; add [[api.tokens]] (`syncline token new` makes one) or set \
+                     api.allow_unauthenticated = true",
+                    self.listen.http
+                ),
+            ));
+        }
         for (i, p) in self.plugins.iter().enumerate() {
             if p.path.as_os_str().is_empty() {
                 return Err(err(&format!("plugins[{i}].path"), "must not be empty"));

@@ -7,11 +7,13 @@
 //! something not compiled in fails at start with a message naming the feature.
 
 pub mod api;
+pub mod auth;
 pub mod backends;
 pub mod client;
 pub mod config;
 pub mod node;
 pub mod plugins;
+pub mod rate;
 pub mod serve;
 
 /// Installs the process-wide TLS crypto provider (ring) once; every HTTP client and QUIC

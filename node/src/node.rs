@@ -52,9 +52,11 @@ pub struct Node {
     pub reactor: Reactor,
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
+    /// The bound sync listener (`listen.sync`), if it has its own.
+    pub sync_addr: Option<SocketAddr>,
     /// The bound QUIC address, if listening.
     pub quic_addr: Option<SocketAddr>,
-    server: Option<HttpServer>,
+    servers: Vec<HttpServer>,
 }
 
 impl std::fmt::Debug for Node {
@@ -138,19 +140,22 @@ impl Node {
             }
         }
         let listening = Arc::new(parking_lot::RwLock::new(Vec::new()));
+        let auth = Arc::new(crate::auth::ApiAuth::new(&config.api)?);
         let state = AppState {
             reactor: reactor.clone(),
             metrics,
             listening: listening.clone(),
+            auth: auth.clone(),
         };
         let r = reactor.clone();
         let accept: syncline_core::AcceptFn = Arc::new(move |link| {
             r.serve(link);
         });
-        let mut app = router(state);
+        let api = router(state);
+        let mut sync = axum::Router::new();
         #[cfg(feature = "transport-http")]
         if compiled.backends.transport("http").is_some() {
-            app = app.merge(syncline_transport_http::router(
+            sync = sync.merge(syncline_transport_http::router(
                 accept.clone(),
                 syncline_transport_http::ServerOptions {
                     session_idle: Duration::from_millis(config.listen.http_session_idle),
@@ -160,23 +165,62 @@ impl Node {
         }
         #[cfg(feature = "transport-websocket")]
         if compiled.backends.transport("websocket").is_some() {
-            app = app.merge(syncline_transport_websocket::router(
+            let ws: syncline_transport_websocket::WsSettings =
+                Section::focus(&sections, "transports.websocket").extract()?;
+            sync = sync.merge(syncline_transport_websocket::router(
                 accept.clone(),
                 syncline_transport_websocket::WsOptions::for_node(&node),
+                ws.origins(),
             ));
         }
         let _ = &accept;
-        let listener = tokio::net::TcpListener::bind(config.listen.http)
-            .await
-            .with_context(|| format!("listen.http: cannot listen on {}", config.listen.http))?;
-        let http_addr = listener.local_addr()?;
-        listening.write().push(("http", http_addr));
+        if let Some(rate) = config.listen.sync_rate_per_address {
+            let limit = Arc::new(crate::rate::Limiter::new(
+                "listen.sync_rate_per_address",
+                rate,
+            ));
+            sync = sync.route_layer(axum::middleware::from_fn_with_state(
+                limit,
+                crate::rate::per_address,
+            ));
+        }
         let limits = ServerLimits {
             header_timeout: Duration::from_millis(config.listen.header_timeout),
             connections: config.listen.connection_limits(),
         }
         .fit_to_fd_limit();
-        let server = HttpServer::serve(listener, app, limits);
+        let mut servers = Vec::new();
+        // With a sync listener of its own, the API's listener serves the API alone.
+        let (app, sync_addr) = match config.listen.sync {
+            None => (api.merge(sync), None),
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen.sync: cannot listen on {addr}"))?;
+                let bound = listener.local_addr()?;
+                listening.write().push(("http", bound));
+                let health = axum::Router::new()
+                    .route("/healthz", axum::routing::get(crate::api::sync_health))
+                    .with_state(reactor.clone());
+                let sync = sync.merge(health).fallback(crate::api::sync_not_found);
+                servers.push(HttpServer::serve(listener, sync, limits));
+                (api, Some(bound))
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen.http)
+            .await
+            .with_context(|| format!("listen.http: cannot listen on {}", config.listen.http))?;
+        let http_addr = listener.local_addr()?;
+        listening.write().push(("http", http_addr));
+        if auth.is_open() {
+            tracing::warn!(
+                http = %http_addr,
+                "the application API has no tokens (api.tokens): anyone who can reach \
+                 {http_addr} may read and write every document; add [[api.tokens]] before \
+                 exposing it"
+            );
+        }
+        servers.push(HttpServer::serve(listener, app, limits));
         let mut quic_addr = None;
         if let Some(addr) = config.listen.quic {
             let url = reactor
@@ -202,15 +246,16 @@ impl Node {
                 .with_context(|| format!("listen.redis: cannot subscribe at {url}"))?;
         }
         tracing::info!(
-            node = %config.node_id, http = %http_addr, quic = ?quic_addr,
+            node = %config.node_id, http = %http_addr, sync = ?sync_addr, quic = ?quic_addr,
             "syncline node started"
         );
         Ok(Node {
             config,
             reactor,
             http_addr,
+            sync_addr,
             quic_addr,
-            server: Some(server),
+            servers,
         })
     }
 
@@ -218,7 +263,7 @@ impl Node {
     /// are committed.
     pub async fn shutdown(mut self) {
         let grace = Duration::from_secs(self.config.shutdown_grace);
-        if let Some(server) = self.server.take() {
+        for server in std::mem::take(&mut self.servers) {
             server.shutdown(grace).await;
         }
         self.reactor.shutdown(grace).await;

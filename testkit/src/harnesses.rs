@@ -154,7 +154,7 @@ impl TransportHarness for WsHarness {
         let listener = bind_tcp(socket_addr(url)?).await?;
         let server = Server::serve(
             listener,
-            syncline_transport_websocket::router(accept(&reactor), options),
+            syncline_transport_websocket::router(accept(&reactor), options, Arc::from([])),
         )?;
         Ok(Node {
             reactor,

@@ -7,7 +7,9 @@
 //! configuration picks what is used; asking for something not compiled in fails at start with
 //! a message naming the feature.
 
-pub use syncline_node::{api, backends, client, config, install_crypto, node, plugins, serve};
+pub use syncline_node::{
+    api, auth, backends, client, config, install_crypto, node, plugins, serve,
+};
 
 pub use syncline_core as core;
 pub use syncline_scheduler as scheduler;

@@ -39,6 +39,9 @@ enum Command {
     Doc(DocCommand),
     /// Shows a node's sync status.
     Status(NodeArgs),
+    /// Makes API tokens and their hashes for `[[api.tokens]]`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Starts three nodes on loopback, writes on all of them and shows them converge.
     #[cfg(feature = "tools")]
     Demo(syncline::demo::DemoArgs),
@@ -56,11 +59,29 @@ enum ConfigCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Prints a new random token and the `[[api.tokens]]` entry that accepts it.
+    New {
+        /// The token's name in the configuration and the logs.
+        #[arg(long, default_value = "client")]
+        name: String,
+        /// Its role: read, write or admin.
+        #[arg(long, default_value = "read")]
+        role: String,
+    },
+    /// Prints the argon2id hash of a token read from stdin (for a token a person chose).
+    Hash,
+}
+
 #[derive(Args, Debug)]
 struct NodeArgs {
     /// The node's HTTP address.
     #[arg(long, env = "SYNCLINE_NODE", default_value = "http://127.0.0.1:8080")]
     node: String,
+    /// The API token to present (`Authorization: Bearer`); better given in the environment.
+    #[arg(long, env = "SYNCLINE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the raw JSON answer.
     #[arg(long)]
     json: bool,
@@ -166,7 +187,7 @@ async fn doc(cmd: DocCommand) -> anyhow::Result<()> {
                     Ok((p[0].clone(), input))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let client = Client::new(&node.node)?;
+            let client = Client::with_token(&node.node, node.token.as_deref())?;
             let answer = client
                 .apply(
                     &strand.doc,
@@ -196,7 +217,7 @@ async fn doc(cmd: DocCommand) -> anyhow::Result<()> {
             operations,
             node,
         } => {
-            let client = Client::new(&node.node)?;
+            let client = Client::with_token(&node.node, node.token.as_deref())?;
             let d = client
                 .document(
                     &strand.doc,
@@ -248,7 +269,7 @@ async fn doc(cmd: DocCommand) -> anyhow::Result<()> {
 }
 
 async fn status(args: NodeArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.node)?;
+    let client = Client::with_token(&args.node, args.token.as_deref())?;
     let s = client.status().await?;
     if args.json {
         print_json(&s);
@@ -296,6 +317,37 @@ async fn status(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::New { name, role } => {
+            if !["read", "write", "admin"].contains(&role.as_str()) {
+                anyhow::bail!("--role is read, write or admin, not {role:?}");
+            }
+            let (token, hash) = syncline::auth::new_token();
+            println!("token: {token}");
+            println!();
+            println!("# Keep the token secret (give it to the client, e.g. as SYNCLINE_TOKEN);");
+            println!("# put this entry into the node's configuration:");
+            println!("[[api.tokens]]");
+            println!("name = {name:?}");
+            println!("hash = \"{hash}\"");
+            println!("role = {role:?}");
+        }
+        TokenCommand::Hash => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the token from stdin")?;
+            let token = line.trim_end_matches(['\n', '\r']);
+            if token.is_empty() {
+                anyhow::bail!("no token on stdin");
+            }
+            println!("{}", syncline::auth::argon2_hash(token)?);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     syncline::install_crypto();
     let cli = Cli::parse();
@@ -305,6 +357,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Command::Config(ConfigCommand::Check { file }) = cli.command {
         return check_config(file);
+    }
+    if let Command::Token(cmd) = cli.command {
+        return token(cmd);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -318,7 +373,7 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(args) => syncline::demo::run(args).await,
             #[cfg(feature = "tools")]
             Command::Bench(args) => syncline::bench::main(args).await,
-            Command::Config(_) => unreachable!("handled above"),
+            Command::Config(_) | Command::Token(_) => unreachable!("handled above"),
         }
     })
 }

@@ -6,6 +6,12 @@
 //! with code 1009 ("message too big"), and the next connection works. Both sides send a ping
 //! every `ping_interval`; a connection silent for three intervals is closed, and the sync
 //! manager reconnects with backoff.
+//!
+//! Browsers let any page open a WebSocket to any address and say which page did in the
+//! `Origin` header, so an upgrade that carries an `Origin` not listed in
+//! `[transports.websocket] allowed_origins` (none by default) is refused with 403: a page the
+//! operator happens to open cannot talk to the node's sync endpoint. Reactors and other
+//! non-browser clients send no `Origin`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -41,6 +47,47 @@ impl Default for WsOptions {
             max_message_bytes: 16 << 20,
             ping_interval: Duration::from_secs(15),
         }
+    }
+}
+
+/// `[transports.websocket]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsSettings {
+    /// Origins (`https://app.example.com`) whose web pages may open `/v1/sync/ws`; an upgrade
+    /// with another `Origin` header is refused with 403.
+    pub allowed_origins: Vec<String>,
+}
+
+impl syncline_core::Settings for WsSettings {
+    fn check(&self, key: &str) -> std::result::Result<(), syncline_core::ConfigError> {
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            let ok = Url::parse(o).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+            }) && !o.trim_end_matches('/').ends_with('/');
+            if !ok {
+                return Err(syncline_core::ConfigError::new(
+                    format!("{key}.allowed_origins[{i}]"),
+                    format!(
+                        "{o:?} is not an origin: expected scheme://host[:port], e.g. https://app.example.com"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WsSettings {
+    /// The origins as a browser sends them (no trailing `/`, lower case).
+    pub fn origins(&self) -> Arc<[String]> {
+        self.allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect()
     }
 }
 
@@ -244,15 +291,25 @@ fn axum_err(e: &axum::Error) -> Error {
     }
 }
 
-/// The route `GET /v1/sync/ws`, handing each connection's link to `accept`.
-pub fn router(accept: AcceptFn, options: WsOptions) -> Router {
+/// The route `GET /v1/sync/ws`, handing each connection's link to `accept`; upgrades from web
+/// pages of origins other than `allowed_origins` ([`WsSettings::origins`]) are refused.
+pub fn router(accept: AcceptFn, options: WsOptions, allowed_origins: Arc<[String]>) -> Router {
     Router::new().route(
         "/v1/sync/ws",
         get(
             move |upgrade: WebSocketUpgrade,
+                  headers: axum::http::HeaderMap,
                   ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>| {
                 let accept = accept.clone();
+                let allowed = allowed_origins.clone();
                 async move {
+                    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+                        let origin = origin.to_str().unwrap_or("").to_ascii_lowercase();
+                        if !allowed.contains(&origin) {
+                            tracing::debug!(peer = %addr, "a WebSocket upgrade from a web page of another origin was refused");
+                            return forbidden_origin();
+                        }
+                    }
                     upgrade
                         .max_message_size(options.max_message_bytes)
                         .max_frame_size(options.max_message_bytes)
@@ -275,6 +332,17 @@ pub fn router(accept: AcceptFn, options: WsOptions) -> Router {
             },
         ),
     )
+}
+
+fn forbidden_origin() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::FORBIDDEN,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        "{\"error\":{\"kind\":\"permission_denied\",\"message\":\"this origin may not open the \
+         sync WebSocket; list it in [transports.websocket] allowed_origins\"}}",
+    )
+        .into_response()
 }
 
 // ---- client (tokio-tungstenite) ------------------------------------------------------------
@@ -387,13 +455,16 @@ impl WsOptions {
     }
 }
 
-/// Registers the WebSocket transport (`[transports.websocket]`, no settings); its server side
-/// is [`router`], mounted on the node's HTTP server.
+/// Registers the WebSocket transport (`[transports.websocket]`: [`WsSettings`]); its server
+/// side is [`router`], mounted on the node's HTTP server.
 pub fn register(backends: &mut syncline_core::Backends) {
-    backends.register_transport(syncline_core::TransportKind::plain(
+    backends.register_transport(syncline_core::TransportKind::backend(
         "websocket",
         &["ws"],
-        |node| Ok(Arc::new(WsTransport::new(WsOptions::for_node(node)))),
+        |node, _store, _settings: WsSettings| {
+            let t: Arc<dyn Transport> = Arc::new(WsTransport::new(WsOptions::for_node(&node)));
+            futures::future::ready(Ok(t))
+        },
     ));
 }
 
@@ -402,6 +473,44 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn upgrades_from_pages_of_other_origins_are_refused() {
+        let accept: AcceptFn = Arc::new(|link: Link| drop(link));
+        let settings = WsSettings {
+            allowed_origins: vec!["https://App.example.com/".into()],
+        };
+        let app = router(accept, WsOptions::default(), settings.origins());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, service).await.unwrap();
+        });
+        let open = |origin: Option<&'static str>| async move {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut req = format!("ws://{addr}/v1/sync/ws")
+                .into_client_request()
+                .unwrap();
+            if let Some(o) = origin {
+                req.headers_mut().insert("origin", o.parse().unwrap());
+            }
+            match tokio_tungstenite::connect_async(req).await {
+                Ok(_) => 101,
+                Err(tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(open(None).await, 101, "a reactor sends no Origin");
+        assert_eq!(open(Some("https://app.example.com")).await, 101);
+        assert_eq!(open(Some("https://evil.example")).await, 403);
+        assert_eq!(open(Some("http://127.0.0.1:8080")).await, 403);
+        let bad = WsSettings {
+            allowed_origins: vec!["https://a.example/path".into()],
+        };
+        let e = syncline_core::Settings::check(&bad, "transports.websocket").unwrap_err();
+        assert!(e.to_string().contains("allowed_origins[0]"), "{e}");
+    }
 
     #[tokio::test]
     async fn a_message_over_the_limit_closes_with_1009() {
@@ -419,6 +528,7 @@ mod tests {
                 max_message_bytes: 1024,
                 ..Default::default()
             },
+            Arc::from([]),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -15,6 +15,7 @@ async fn node(name: &str) -> Node {
     };
     c.store.kind = "memory".into();
     c.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.api.remote_urls = vec!["*".into()];
     Node::start(c).await.unwrap()
 }
 

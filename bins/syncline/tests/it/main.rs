@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod auth;
 mod bench;
 mod config;
 mod demo;

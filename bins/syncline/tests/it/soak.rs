@@ -190,6 +190,7 @@ fn post_json(client: &reqwest::blocking::Client, url: &str, body: &Value) -> u16
 fn listener_config(dir: &std::path::Path, pa: u16, qa: u16, rest: &str) -> String {
     format!(
         "node_id = \"a\"\ndata_dir = \"{d}\"\n[store]\nkind = \"memory\"\n\
+         [api]\nremote_urls = [\"*\"]\n\
          [listen]\nhttp = \"127.0.0.1:{pa}\"\nquic = \"127.0.0.1:{qa}\"\n{rest}",
         d = dir.display()
     )
@@ -221,6 +222,7 @@ fn connections_listeners_and_requeues_leave_no_trace() {
         pb,
         &format!(
             "node_id = \"b\"\ndata_dir = \"{d}\"\n[store]\nkind = \"memory\"\n\
+             [api]\nremote_urls = [\"*\"]\n\
              [listen]\nhttp = \"127.0.0.1:{pb}\"\n\
              [[permissions.rules]]\npeer = \"a\"\nwrite = {{ document_ids = [\"live/*\"] }}\n\
              read = {{ document_ids = [\"live/*\"] }}\n",

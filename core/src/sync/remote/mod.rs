@@ -176,7 +176,8 @@ impl RemoteHandle {
             .count();
         let status = RemoteStatus {
             name: config.name.to_string(),
-            url: config.url.clone(),
+            // Status is shown to operators and in logs: never a password.
+            url: crate::transport::redacted_url(&config.url),
             mode: config.mode,
             peer: record.peer.clone(),
             outbox_cursor: outbox,

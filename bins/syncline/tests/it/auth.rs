@@ -1,0 +1,469 @@
+//! The application API's authentication, tried on a real node process as a client would: no
+//! token, a wrong one, a revoked one, each role inside and outside its documents, and what a
+//! refusal shows.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+use crate::support::{NodeProc, free_port, syncline};
+
+/// `syncline token new`: the token and its configuration hash, read off what it prints.
+fn new_token() -> (String, String) {
+    let out = syncline().args(["token", "new"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap_or_else(|| panic!("no token in {text}"))
+        .to_owned();
+    let hash = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("hash = \""))
+        .and_then(|h| h.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no hash in {text}"))
+        .to_owned();
+    (token, hash)
+}
+
+/// `syncline token hash` of a token a person chose, given on stdin.
+fn argon2_of(token: &str) -> String {
+    let mut child = syncline()
+        .args(["token", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    hash
+}
+
+fn call(
+    client: &Client,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String, Option<String>) {
+    let mut req = match method {
+        "POST" => client.post(url),
+        "DELETE" => client.delete(url),
+        _ => client.get(url),
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, resp.text().unwrap(), challenge)
+}
+
+fn set(value: &str) -> Value {
+    json!({"actions": [{"type": "set", "input": {"path": "/v", "value": value}}]})
+}
+
+fn config(name: &str, port: u16, tokens: &str) -> String {
+    format!(
+        r#"node_id = "{name}"
+[listen]
+http = "127.0.0.1:{port}"
+[store]
+kind = "memory"
+[api]
+open_metrics = false
+remote_urls = ["ws://127.0.0.1:*/v1/sync/ws"]
+{tokens}
+"#
+    )
+}
+
+#[test]
+fn api_tokens_roles_and_documents_hold_on_a_real_node() {
+    syncline::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, admin_hash) = new_token();
+    let (reader, reader_hash) = new_token();
+    let writer = "a pass phrase someone chose";
+    let writer_hash = argon2_of(writer);
+    let tokens = |with_reader: bool| {
+        let mut t = format!(
+            r#"[[api.tokens]]
+name = "ops"
+hash = "{admin_hash}"
+role = "admin"
+[[api.tokens]]
+name = "app"
+hash = "{writer_hash}"
+role = "write"
+documents = {{ document_ids = ["drive/**"] }}
+"#
+        );
+        if with_reader {
+            t.push_str(&format!(
+                r#"[[api.tokens]]
+name = "dashboard"
+hash = "{reader_hash}"
+role = "read"
+documents = {{ document_ids = ["drive/**"] }}
+"#
+            ));
+        }
+        t
+    };
+    let port = free_port();
+    let peer_port = free_port();
+    let mut node = NodeProc::start(dir.path(), "a", port, &config("a", port, &tokens(true)));
+    let _peer = NodeProc::start(
+        dir.path(),
+        "b",
+        peer_port,
+        &config("b", peer_port, &tokens(false)),
+    );
+    let base = node.http.clone();
+    let c = Client::new();
+    let doc = |d: &str| format!("{base}/v1/documents/{d}");
+    let actions = |d: &str| format!("{base}/v1/documents/{d}/actions");
+
+    // The secret document, written by the admin.
+    let (s, b, _) = call(
+        &c,
+        "POST",
+        &actions("hr%2Fpay"),
+        Some(&admin),
+        Some(set("SECRET-PAY")),
+    );
+    assert_eq!(s, 201, "{b}");
+
+    // No token, a wrong one, one with a byte missing: 401 with a challenge, no content.
+    for token in [None, Some("sl_wrong"), Some(&admin[1..])] {
+        for (method, url) in [
+            ("GET", doc("hr%2Fpay")),
+            ("GET", format!("{base}/v1/documents")),
+            ("POST", actions("drive%2Fa")),
+            ("GET", format!("{base}/v1/remotes")),
+            ("GET", format!("{base}/v1/sync/status")),
+            ("GET", format!("{base}/metrics")),
+        ] {
+            let body = (method == "POST").then(|| set("x"));
+            let (s, b, challenge) = call(&c, method, &url, token, body);
+            assert_eq!(s, 401, "{method} {url} with {token:?}: {b}");
+            assert!(challenge.is_some_and(|h| h.starts_with("Bearer")), "{url}");
+            assert!(!b.contains("SECRET"), "{b}");
+        }
+    }
+
+    // The writer: its documents, not the others, and no admin routes.
+    let (s, b, _) = call(
+        &c,
+        "POST",
+        &actions("drive%2Fa"),
+        Some(writer),
+        Some(set("hello")),
+    );
+    assert_eq!(s, 201, "{b}");
+    let (s, b, _) = call(
+        &c,
+        "POST",
+        &actions("hr%2Fpay"),
+        Some(writer),
+        Some(set("overwrite")),
+    );
+    assert_eq!(s, 403, "{b}");
+    assert!(!b.contains("SECRET"), "{b}");
+    let (s, _, _) = call(&c, "GET", &format!("{base}/v1/remotes"), Some(writer), None);
+    assert_eq!(s, 403);
+
+    // The reader: reads its documents only, writes nothing.
+    let (s, b, _) = call(&c, "GET", &doc("drive%2Fa"), Some(&reader), None);
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("hello"), "{b}");
+    for url in [doc("hr%2Fpay"), format!("{}/operations", doc("hr%2Fpay"))] {
+        let (s, b, _) = call(&c, "GET", &url, Some(&reader), None);
+        assert_eq!(s, 403, "{url}: {b}");
+        assert!(!b.contains("SECRET"), "{b}");
+    }
+    let (s, b, _) = call(
+        &c,
+        "GET",
+        &format!("{base}/v1/documents"),
+        Some(&reader),
+        None,
+    );
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("drive/a") && !b.contains("hr/pay"), "{b}");
+    let (s, _, _) = call(
+        &c,
+        "POST",
+        &actions("drive%2Fa"),
+        Some(&reader),
+        Some(set("x")),
+    );
+    assert_eq!(s, 403);
+    let (s, _, _) = call(&c, "GET", &format!("{base}/metrics"), Some(&reader), None);
+    assert_eq!(s, 403, "metrics behind a token are for admins");
+
+    // The admin: remotes only to the allowed URLs, and their credentials never come back.
+    let remotes = format!("{base}/v1/remotes");
+    let exfil = json!({"name": "exfil", "url": "ws://192.0.2.1:80/v1/sync/ws", "mode": "push"});
+    let (s, b, _) = call(&c, "POST", &remotes, Some(&admin), Some(exfil));
+    assert_eq!(s, 403, "{b}");
+    assert!(b.contains("api.remote_urls"), "{b}");
+    let peer = json!({
+        "name": "b",
+        "url": format!("ws://127.0.0.1:{peer_port}/v1/sync/ws"),
+        "mode": "push",
+        "credentials": "tok-VERY-SECRET",
+    });
+    let (s, b, _) = call(&c, "POST", &remotes, Some(&admin), Some(peer));
+    assert_eq!(s, 201, "{b}");
+    for url in [
+        remotes.clone(),
+        format!("{remotes}/b"),
+        format!("{base}/v1/sync/status"),
+    ] {
+        let (s, b, _) = call(&c, "GET", &url, Some(&admin), None);
+        assert_eq!(s, 200, "{url}: {b}");
+        assert!(!b.contains("VERY-SECRET"), "{url}: {b}");
+    }
+    let (s, b, _) = call(&c, "GET", &format!("{base}/metrics"), Some(&admin), None);
+    assert_eq!(s, 200, "{b}");
+    assert!(!b.contains("VERY-SECRET"));
+    // Health stays open, for load balancers.
+    let (s, _, _) = call(&c, "GET", &format!("{base}/healthz"), None, None);
+    assert_eq!(s, 200);
+
+    // Revoked: the reader's token is gone from the configuration after a restart.
+    std::fs::write(&node.config, config("a", port, &tokens(false))).unwrap();
+    node.restart();
+    let (s, _, _) = call(&c, "GET", &doc("drive%2Fa"), Some(&reader), None);
+    assert_eq!(s, 401, "a revoked token");
+    let (s, _, _) = call(&c, "GET", &doc("drive%2Fa"), Some(writer), None);
+    assert_eq!(s, 200, "the others still work");
+
+    let log = node.log_text();
+    for secret in [admin.as_str(), reader.as_str(), writer, "VERY-SECRET"] {
+        assert!(!log.contains(secret), "the log shows a secret: {log}");
+    }
+}
+
+#[test]
+fn an_api_without_tokens_stays_on_loopback_unless_told_otherwise() {
+    syncline::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |extra: &str| {
+        format!(
+            "node_id = \"a\"\n[listen]\nhttp = \"0.0.0.0:{}\"\n[store]\nkind = \"memory\"\n{extra}",
+            free_port()
+        )
+    };
+    let file = dir.path().join("open.toml");
+    std::fs::write(&file, open("")).unwrap();
+    for args in [vec!["config", "check"], vec!["node", "--config"]] {
+        let out = syncline().args(&args).arg(&file).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{args:?} accepted an open API on 0.0.0.0"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("listen.http")
+                && err.contains("api.tokens")
+                && err.contains("api.allow_unauthenticated"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::write(&file, open("[api]\nallow_unauthenticated = true\n")).unwrap();
+    let out = syncline()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // On loopback it starts, and says that anyone who reaches it may use it.
+    let port = free_port();
+    let toml = format!(
+        "node_id = \"a\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n[store]\nkind = \"memory\"\n"
+    );
+    let node = NodeProc::start(dir.path(), "a", port, &toml);
+    let log = node.log_text();
+    assert!(log.contains("the application API has no tokens"), "{log}");
+    // And it still adds no remote through the API without api.remote_urls.
+    let c = Client::new();
+    let body = json!({"name": "x", "url": "ws://127.0.0.1:9/v1/sync/ws", "mode": "push"});
+    let (s, b, _) = call(
+        &c,
+        "POST",
+        &format!("{}/v1/remotes", node.http),
+        None,
+        Some(body),
+    );
+    assert_eq!(s, 403, "{b}");
+}
+
+#[test]
+fn a_sync_listener_of_its_own_serves_sync_only_and_the_api_listener_the_api_only() {
+    syncline::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (api_port, sync_port, b_port) = (free_port(), free_port(), free_port());
+    let a = NodeProc::start(
+        dir.path(),
+        "a",
+        api_port,
+        &format!(
+            "node_id = \"a\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{api_port}\"\n\
+             sync = \"127.0.0.1:{sync_port}\"\n"
+        ),
+    );
+    // b pulls from a's sync listener.
+    let b = NodeProc::start(
+        dir.path(),
+        "b",
+        b_port,
+        &format!(
+            "node_id = \"b\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{b_port}\"\n\
+             [[remotes]]\nname = \"a\"\nurl = \"ws://127.0.0.1:{sync_port}/v1/sync/ws\"\nmode = \"pull\"\n"
+        ),
+    );
+    let c = Client::new();
+    let (s, b_, _) = call(
+        &c,
+        "POST",
+        &format!("{}/v1/documents/d/actions", a.http),
+        None,
+        Some(set("over sync")),
+    );
+    assert_eq!(s, 201, "{b_}");
+    let sync = format!("http://127.0.0.1:{sync_port}");
+    for url in [
+        format!("{sync}/v1/documents/d"),
+        format!("{sync}/v1/remotes"),
+        format!("{sync}/metrics"),
+    ] {
+        let (s, body, _) = call(&c, "GET", &url, None, None);
+        assert_eq!(s, 404, "{url}: {body}");
+        assert!(
+            body.contains("listen.sync") && !body.contains("over sync"),
+            "{body}"
+        );
+    }
+    let (s, _, _) = call(&c, "GET", &format!("{sync}/healthz"), None, None);
+    assert_eq!(s, 200);
+    // The API's listener has no sync endpoints.
+    let (s, body, _) = call(
+        &c,
+        "POST",
+        &format!("{}/v1/sync/hello", a.http),
+        None,
+        Some(json!({})),
+    );
+    assert_eq!(s, 404, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, body, _) = call(&c, "GET", &format!("{}/v1/documents/d", b.http), None, None);
+        if body.contains("over sync") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never pulled from a's sync listener: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rate_limits_answer_429_with_retry_after_and_a_limited_peer_still_converges() {
+    syncline::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (t1, h1) = new_token();
+    let (t2, h2) = new_token();
+    let (pa, pb) = (free_port(), free_port());
+    let a = NodeProc::start(
+        dir.path(),
+        "a",
+        pa,
+        &format!(
+            "node_id = \"a\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{pa}\"\n\
+             sync_rate_per_address = {{ per_second = 5, burst = 5 }}\n\
+             [api]\nrate_per_token = {{ per_second = 1, burst = 5 }}\n\
+             [[api.tokens]]\nname = \"one\"\nhash = \"{h1}\"\nrole = \"admin\"\n\
+             [[api.tokens]]\nname = \"two\"\nhash = \"{h2}\"\nrole = \"admin\"\n"
+        ),
+    );
+    let c = Client::new();
+    let docs = format!("{}/v1/documents", a.http);
+    for i in 0..5 {
+        let (s, b, _) = call(&c, "GET", &docs, Some(&t1), None);
+        assert_eq!(s, 200, "request {i}: {b}");
+    }
+    let resp = c.get(&docs).bearer_auth(&t1).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(after >= 1, "{after}");
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["error"]["kind"], "backpressure", "{body}");
+    let (s, _, _) = call(&c, "GET", &docs, Some(&t2), None);
+    assert_eq!(s, 200, "another token has its own budget");
+
+    // b pushes to a over HTTP faster than a lets one address make sync requests: a answers
+    // 429, b backs off and retries, and everything arrives.
+    let b = NodeProc::start(
+        dir.path(),
+        "b",
+        pb,
+        &format!(
+            "node_id = \"b\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{pb}\"\n\
+             [[remotes]]\nname = \"a\"\nurl = \"http://127.0.0.1:{pa}\"\nmode = \"push\"\n"
+        ),
+    );
+    for i in 0..40 {
+        let (s, body, _) = call(
+            &c,
+            "POST",
+            &format!("{}/v1/documents/limited/actions", b.http),
+            None,
+            Some(
+                json!({"actions": [{"type": "set", "input": {"path": format!("/k{i}"), "value": i}}]}),
+            ),
+        );
+        assert_eq!(s, 201, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, body, _) = call(&c, "GET", &format!("{docs}/limited"), Some(&t2), None);
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["revision"] == 40 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's operations never all arrived: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (_, status, _) = call(&c, "GET", &format!("{}/v1/remotes/a", b.http), None, None);
+    assert!(
+        status.contains("429"),
+        "b's status shows no rate limiting: {status}"
+    );
+}
