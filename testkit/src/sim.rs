@@ -237,6 +237,7 @@ impl World {
                     let rules = RulePermissions::new(vec![PeerRule {
                         peer: "*".into(),
                         token: None,
+                        token_hash: None,
                         read: docs.clone(),
                         write: docs,
                     }])

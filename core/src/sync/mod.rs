@@ -212,6 +212,11 @@ impl SyncContext {
         }
     }
 
+    /// Whether a remote has the URL `url`.
+    pub(crate) fn remotes_of_url(&self, url: &str) -> bool {
+        self.remotes.read().values().any(|r| r.config.url == url)
+    }
+
     /// The names of remotes whose peer is `peer`.
     pub(crate) fn remotes_of(&self, peer: &ReactorId) -> Vec<Arc<RemoteHandle>> {
         self.remotes

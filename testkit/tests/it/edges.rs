@@ -37,6 +37,7 @@ fn inbox_only(peer: &str) -> Vec<PeerRule> {
     vec![PeerRule {
         peer: peer.into(),
         token: None,
+        token_hash: None,
         read: Filter::all(),
         write: Filter::documents(["inbox/*"]),
     }]

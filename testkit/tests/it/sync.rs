@@ -439,6 +439,7 @@ async fn permanent_errors_are_not_retried_and_permissions_hold() {
     let rules = vec![PeerRule {
         peer: "a".into(),
         token: Some("secret".into()),
+        token_hash: None,
         read: Filter::documents(["public/*"]),
         write: Filter::documents(["inbox/*"]),
     }];

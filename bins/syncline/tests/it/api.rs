@@ -435,6 +435,7 @@ async fn limits_and_refusals_through_the_api() {
     cb.permissions.rules = vec![syncline_core::PeerRule {
         peer: "writer".into(),
         token: None,
+        token_hash: None,
         read: syncline_core::Filter::all(),
         write: syncline_core::Filter::documents(["inbox/*"]),
     }];

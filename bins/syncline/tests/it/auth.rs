@@ -467,3 +467,128 @@ fn rate_limits_answer_429_with_retry_after_and_a_limited_peer_still_converges() 
         "b's status shows no rate limiting: {status}"
     );
 }
+
+/// The `sha256:` hash of a token, as `token_hash` takes it.
+fn sha256_of(token: &str) -> String {
+    syncline::auth::sha256_hash(token)
+}
+
+#[test]
+fn a_shared_token_claims_no_other_id_and_takes_no_peer_slot() {
+    syncline::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, pb, pf, pm) = (free_port(), free_port(), free_port(), free_port());
+    let hub_node = NodeProc::start(
+        dir.path(),
+        "hub",
+        hub,
+        &format!(
+            "node_id = \"hub\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{hub}\"\n\
+             [[permissions.rules]]\npeer = \"b\"\ntoken_hash = \"{}\"\n\
+             [[permissions.rules]]\npeer = \"field-*\"\ntoken_hash = \"{}\"\n\
+             [[remotes]]\nname = \"b\"\nurl = \"peer://b\"\nmode = \"push\"\n\
+             [[remotes]]\nname = \"field-1\"\nurl = \"peer://field-1\"\nmode = \"push\"\n",
+            sha256_of("b-token"),
+            sha256_of("field-token"),
+        ),
+    );
+    let c = Client::new();
+    let (s, body, _) = call(
+        &c,
+        "POST",
+        &format!("{}/v1/documents/secret/actions", hub_node.http),
+        None,
+        Some(set("for b only")),
+    );
+    assert_eq!(s, 201, "{body}");
+    // Each dials the hub and only pushes: what it gets, it gets through its peer:// slot.
+    let dialler = |name: &str, port: u16, token: &str| {
+        NodeProc::start(
+            dir.path(),
+            name,
+            port,
+            &format!(
+                "node_id = \"{name}\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n\
+                 [[remotes]]\nname = \"hub\"\nurl = \"ws://127.0.0.1:{hub}/v1/sync/ws\"\nmode = \"push\"\n\
+                 credentials = \"{token}\"\n"
+            ),
+        )
+    };
+    let b = dialler("b", pb, "b-token");
+    let field = dialler("field-1", pf, "field-token");
+    // Mallory holds the field token and claims to be b.
+    let std_dir = dir.path().join("mallory");
+    std::fs::create_dir_all(&std_dir).unwrap();
+    let mallory = NodeProc::start(
+        &std_dir,
+        "b",
+        pm,
+        &format!(
+            "node_id = \"b\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{pm}\"\n\
+             [[remotes]]\nname = \"hub\"\nurl = \"ws://127.0.0.1:{hub}/v1/sync/ws\"\nmode = \"push\"\n\
+             credentials = \"field-token\"\n"
+        ),
+    );
+    let has_secret = |node: &NodeProc| {
+        let (_, body, _) = call(
+            &c,
+            "GET",
+            &format!("{}/v1/documents/secret", node.http),
+            None,
+            None,
+        );
+        body.contains("for b only")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !has_secret(&b) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never got its document through peer://b"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Mallory's hello as b with another rule's token is refused, and says why.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, status, _) = call(
+            &c,
+            "GET",
+            &format!("{}/v1/remotes/hub", mallory.http),
+            None,
+            None,
+        );
+        if status.contains("wrong token") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mallory's status: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // field-1 is let in (its rule covers field-*), but a shared token does not prove who it is:
+    // it does not get the peer://field-1 slot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !hub_node
+        .log_text()
+        .contains("cannot take the peer://field-1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            hub_node.log_tail(20)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        !has_secret(&field),
+        "field-1 took a slot its shared token does not prove"
+    );
+    assert!(!has_secret(&mallory), "mallory got b's document");
+    let log = hub_node.log_text();
+    assert!(
+        !log.contains("b-token") && !log.contains("field-token"),
+        "{log}"
+    );
+}

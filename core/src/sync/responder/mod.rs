@@ -202,10 +202,24 @@ impl Responder {
             .authenticate(&hello.reactor_id, hello.credentials.as_deref())?;
         self.admit(session, &hello.reactor_id)?;
         session.set_peer(hello.reactor_id.clone())?;
-        let s = session.clone();
-        self.ctx.inbound.send_modify(|m| {
-            m.insert(hello.reactor_id, s);
-        });
+        // Only a peer whose credential is its own may take its `peer://` slot: under a rule
+        // for many ids (`*`, `field-*`) anyone holding the token could claim this one.
+        if self.ctx.permissions.proves(&hello.reactor_id) {
+            let s = session.clone();
+            self.ctx.inbound.send_modify(|m| {
+                m.insert(hello.reactor_id, s);
+            });
+        } else if self
+            .ctx
+            .remotes_of_url(&format!("{}://{}", super::PEER_SCHEME, hello.reactor_id))
+        {
+            tracing::warn!(
+                peer = %hello.reactor_id,
+                "reactor {} said hello under a rule for many ids, so it cannot take the \
+                 peer://{} remote's session: give it a permissions rule of its own with a token",
+                hello.reactor_id, hello.reactor_id
+            );
+        }
         Ok(Response::Welcome(Welcome {
             reactor_id: self.ctx.reactor.clone(),
             session: format!("{:016x}", self.ctx.entropy.next_u64()),
