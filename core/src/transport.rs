@@ -252,3 +252,41 @@ pub fn redacted_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+/// The certificates of the PEM file `ca` as a root store: what a remote's `?ca=<file>` trusts
+/// (instead of the system's certificates). Errors name the file and what is wrong with it.
+pub fn trusted_roots(ca: &str) -> Result<rustls::RootCertStore> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |why: String| Error::invalid(format!("?ca={ca}: {why}"));
+    let mut roots = rustls::RootCertStore::empty();
+    let certs =
+        CertificateDer::pem_file_iter(ca).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// An error with its causes, for messages: HTTP and WebSocket client errors say only "error
+/// sending request" themselves; their causes say which certificate check failed, or that the
+/// connection was refused.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

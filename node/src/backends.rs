@@ -70,7 +70,7 @@ impl NodeBackends {
             c,
             features,
             "transport-websocket",
-            Provides::Transport(&["ws"]),
+            Provides::Transport(&["ws", "wss"]),
             syncline_transport_websocket::register
         );
         optional!(

@@ -50,6 +50,8 @@ pub struct ListenConfig {
     /// with it, `http` serves the application API alone, so sync can be exposed while the API
     /// stays private.
     pub sync: Option<SocketAddr>,
+    /// Serve `http` and `sync` over TLS (`https://`, `wss://`) with this certificate and key.
+    pub tls: Option<TlsConfig>,
     /// A QUIC listener for `quic://` peers.
     pub quic: Option<SocketAddr>,
     /// A Redis pub/sub listener: `redis://host:port?as=<name>`.
@@ -86,6 +88,7 @@ impl Default for ListenConfig {
         ListenConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             sync: None,
+            tls: None,
             quic: None,
             redis: None,
             urls: Vec::new(),
@@ -96,6 +99,16 @@ impl Default for ListenConfig {
             sync_rate_per_address: None,
         }
     }
+}
+
+/// `listen.tls`: PEM files, read again on SIGHUP or when they change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// A pull scheduler.

@@ -57,6 +57,7 @@ pub struct Node {
     /// The bound QUIC address, if listening.
     pub quic_addr: Option<SocketAddr>,
     servers: Vec<HttpServer>,
+    tls_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -189,6 +190,11 @@ impl Node {
             connections: config.listen.connection_limits(),
         }
         .fit_to_fd_limit();
+        let tls = match &config.listen.tls {
+            Some(t) => Some(crate::serve::TlsFiles::load(&t.cert, &t.key)?),
+            None => None,
+        };
+        let tls_watch = tls.clone().map(crate::serve::TlsFiles::watch);
         let mut servers = Vec::new();
         // With a sync listener of its own, the API's listener serves the API alone.
         let (app, sync_addr) = match config.listen.sync {
@@ -203,7 +209,7 @@ impl Node {
                     .route("/healthz", axum::routing::get(crate::api::sync_health))
                     .with_state(reactor.clone());
                 let sync = sync.merge(health).fallback(crate::api::sync_not_found);
-                servers.push(HttpServer::serve(listener, sync, limits));
+                servers.push(HttpServer::serve(listener, sync, limits, tls.clone()));
                 (api, Some(bound))
             }
         };
@@ -220,7 +226,7 @@ impl Node {
                  exposing it"
             );
         }
-        servers.push(HttpServer::serve(listener, app, limits));
+        servers.push(HttpServer::serve(listener, app, limits, tls.clone()));
         let mut quic_addr = None;
         if let Some(addr) = config.listen.quic {
             let url = reactor
@@ -256,6 +262,7 @@ impl Node {
             sync_addr,
             quic_addr,
             servers,
+            tls_watch,
         })
     }
 
@@ -263,11 +270,22 @@ impl Node {
     /// are committed.
     pub async fn shutdown(mut self) {
         let grace = Duration::from_secs(self.config.shutdown_grace);
+        if let Some(w) = self.tls_watch.take() {
+            w.abort();
+        }
         for server in std::mem::take(&mut self.servers) {
             server.shutdown(grace).await;
         }
         self.reactor.shutdown(grace).await;
         tracing::info!(node = %self.config.node_id, "syncline node stopped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(w) = self.tls_watch.take() {
+            w.abort();
+        }
     }
 }
 

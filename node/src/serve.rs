@@ -75,14 +75,14 @@ impl ServerLimits {
     }
 }
 
-/// A TCP stream that holds its place under the caps for as long as it lives (through a
-/// WebSocket upgrade too).
-struct Counted {
-    stream: TcpStream,
+/// A stream (TCP, or TLS over TCP) that holds its place under the caps for as long as it lives
+/// (through a WebSocket upgrade too).
+struct Counted<S> {
+    stream: S,
     _admitted: Admission,
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -92,7 +92,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -137,6 +137,172 @@ async fn refuse(mut stream: TcpStream, why: String) {
     .await;
 }
 
+/// Serves one connection until it ends or the server stops (then finishing the request in
+/// progress).
+async fn connection<S>(
+    io: Counted<S>,
+    builder: hyper::server::conn::http1::Builder,
+    app: Router,
+    addr: std::net::SocketAddr,
+    stall: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(addr));
+            // A body must keep arriving: a pause longer than the header timeout fails the request.
+            let req = req.map(|body| {
+                axum::body::Body::new(tower_http::timeout::TimeoutBody::new(stall, body))
+            });
+            app.clone().oneshot(req)
+        });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stopping.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(peer = %addr, error = %e, "an HTTP connection ended");
+    }
+    drop(stopping);
+}
+
+/// A certificate chain and key from PEM files (`listen.tls`), read again on SIGHUP and when
+/// either file changes (checked every [`TLS_CHECK`]); a reload that fails keeps the old pair
+/// and says why.
+pub struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    config: parking_lot::RwLock<std::sync::Arc<rustls::ServerConfig>>,
+    stamps: parking_lot::Mutex<Option<(std::time::SystemTime, std::time::SystemTime)>>,
+}
+
+/// How often `listen.tls`'s files are looked at for changes.
+pub const TLS_CHECK: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsFiles({})", self.cert.display())
+    }
+}
+
+impl TlsFiles {
+    /// Reads the pair; an error names the file and what is wrong with it.
+    pub fn load(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> anyhow::Result<std::sync::Arc<Self>> {
+        let config = Self::read(cert, key)?;
+        let files = TlsFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            config: parking_lot::RwLock::new(std::sync::Arc::new(config)),
+            stamps: parking_lot::Mutex::new(None),
+        };
+        *files.stamps.lock() = files.stamps_now();
+        Ok(std::sync::Arc::new(files))
+    }
+
+    fn read(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
+        use anyhow::Context;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .with_context(|| {
+                format!(
+                    "listen.tls.cert: cannot read a PEM certificate chain from {}",
+                    cert.display()
+                )
+            })?;
+        if certs.is_empty() {
+            anyhow::bail!("listen.tls.cert: {} holds no certificate", cert.display());
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key).with_context(|| {
+            format!(
+                "listen.tls.key: cannot read a PEM private key from {}",
+                key.display()
+            )
+        })?;
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key_der)
+            .with_context(|| {
+                format!(
+                    "listen.tls: the key in {} does not fit the certificate in {}",
+                    key.display(),
+                    cert.display()
+                )
+            })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    fn stamps_now(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((m(&self.cert)?, m(&self.key)?))
+    }
+
+    /// The acceptor for the next connection (the pair as last loaded).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.read().clone())
+    }
+
+    /// Reads the files again; keeps the old pair if they do not load.
+    pub fn reload(&self, why: &str) {
+        match Self::read(&self.cert, &self.key) {
+            Ok(c) => {
+                *self.config.write() = std::sync::Arc::new(c);
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded ({why})");
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "TLS certificate not reloaded ({why}); the old one stays")
+            }
+        }
+        *self.stamps.lock() = self.stamps_now();
+    }
+
+    /// Reloads on SIGHUP and when a file changes, until the task is aborted.
+    pub fn watch(self: std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(TLS_CHECK);
+            loop {
+                #[cfg(unix)]
+                let hangup = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hangup = std::future::pending::<()>();
+                tokio::select! {
+                    () = hangup => self.reload("SIGHUP"),
+                    _ = tick.tick() => {
+                        let now = self.stamps_now();
+                        if now.is_some() && now != *self.stamps.lock() {
+                            self.reload("the files changed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
 /// The running server.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -145,8 +311,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `app` on `listener` under `limits`.
-    pub fn serve(listener: TcpListener, app: Router, limits: ServerLimits) -> Self {
+    /// Serves `app` on `listener` under `limits`, over TLS when `tls` is given.
+    pub fn serve(
+        listener: TcpListener,
+        app: Router,
+        limits: ServerLimits,
+        tls: Option<std::sync::Arc<TlsFiles>>,
+    ) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let counter = ConnectionCounter::new("http", limits.connections);
@@ -182,42 +353,40 @@ impl HttpServer {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(Counted {
-                    stream,
-                    _admitted: admitted,
-                });
                 let app = app.clone();
+                let builder = builder.clone();
+                let stopping = stopping_rx.clone();
                 let stall = limits.header_timeout;
-                let service = hyper::service::service_fn(
-                    move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo(addr));
-                        // A body must keep arriving: a pause longer than the header timeout
-                        // fails the request.
-                        let req = req.map(|body| {
-                            axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
-                                stall, body,
-                            ))
-                        });
-                        app.clone().oneshot(req)
-                    },
-                );
-                let conn = builder.serve_connection(io, service).with_upgrades();
-                let mut stopping = stopping_rx.clone();
-                tokio::spawn(async move {
-                    tokio::pin!(conn);
-                    let ended = tokio::select! {
-                        ended = conn.as_mut() => ended,
-                        _ = stopping.changed() => {
-                            // Finish the request in progress, then close.
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    };
-                    if let Err(e) = ended {
-                        tracing::debug!(peer = %addr, error = %e, "an HTTP connection ended");
+                match &tls {
+                    None => {
+                        let io = Counted {
+                            stream,
+                            _admitted: admitted,
+                        };
+                        tokio::spawn(connection(io, builder, app, addr, stall, stopping));
                     }
-                    drop(stopping);
-                });
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        tokio::spawn(async move {
+                            // The handshake gets as long as a request's headers would.
+                            match tokio::time::timeout(stall, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    let io = Counted {
+                                        stream,
+                                        _admitted: admitted,
+                                    };
+                                    connection(io, builder, app, addr, stall, stopping).await;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(peer = %addr, error = %e, "a TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    tracing::debug!(peer = %addr, "a TLS handshake took too long");
+                                }
+                            }
+                        });
+                    }
+                }
             }
             drop(listener);
             drop(stopping_rx);

@@ -61,11 +61,15 @@ pub fn install_crypto() {
 
 // ---- client --------------------------------------------------------------------------------
 
-/// The `http://`/`https://` transport (client side).
+/// The `http://`/`https://` transport (client side). An `https://` remote verifies the server
+/// against the system's trusted certificates, or only against those in `?ca=<PEM file>`.
 #[derive(Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
     codec: Codec,
+    timeout: Duration,
+    /// Clients trusting one CA file each, by path (one connection pool per CA).
+    trusting: Arc<Mutex<std::collections::BTreeMap<String, reqwest::Client>>>,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -85,16 +89,41 @@ impl HttpTransport {
     /// A transport sending frames in `codec`.
     pub fn with_codec(timeout: Duration, codec: Codec) -> Result<Self> {
         install_crypto();
-        // No total timeout here: the session times each request out itself, and a long poll
-        // legitimately takes longer than a plain request.
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(32)
-            .tcp_nodelay(true)
+        let client = client_builder(timeout)
             .build()
             .map_err(|e| Error::internal(format!("building the HTTP client failed: {e}")))?;
-        Ok(HttpTransport { client, codec })
+        Ok(HttpTransport {
+            client,
+            codec,
+            timeout,
+            trusting: Arc::default(),
+        })
     }
+
+    /// The client that trusts only the certificates in the PEM file `ca`.
+    fn trusting(&self, ca: &str) -> Result<reqwest::Client> {
+        if let Some(c) = self.trusting.lock().get(ca) {
+            return Ok(c.clone());
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(syncline_core::transport::trusted_roots(ca)?)
+            .with_no_client_auth();
+        let client = client_builder(self.timeout)
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| Error::internal(format!("building the HTTP client failed: {e}")))?;
+        self.trusting.lock().insert(ca.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
+    // No total timeout here: the session times each request out itself, and a long poll
+    // legitimately takes longer than a plain request.
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(32)
+        .tcp_nodelay(true)
 }
 
 struct ClientLink {
@@ -294,7 +323,14 @@ impl FrameSender for ClientSender {
                     } else {
                         ErrorKind::Unavailable
                     };
-                    let err = Error::new(kind, format!("{} did not answer: {e}", link.base));
+                    let err = Error::new(
+                        kind,
+                        format!(
+                            "{} did not answer: {}",
+                            link.base,
+                            syncline_core::transport::with_causes(&e)
+                        ),
+                    );
                     if let Some(id) = id {
                         link.fail(id, &err).await;
                     }
@@ -342,11 +378,18 @@ impl Transport for HttpTransport {
             }
             None => self.codec,
         };
+        let client = match url.query_pairs().find(|(k, _)| k == "ca") {
+            Some((_, ca)) if url.scheme() == "https" => self.trusting(&ca)?,
+            Some(_) => {
+                return Err(Error::invalid(format!("{url}: ?ca= needs an https:// URL")));
+            }
+            None => self.client.clone(),
+        };
         base.set_query(None);
         let (tx, rx) = mpsc::channel(ANSWERS);
         let link = Arc::new(ClientLink {
             base: base.clone(),
-            client: self.client.clone(),
+            client,
             codec,
             session: Mutex::new(None),
             inbox: Mutex::new(Some(tx)),

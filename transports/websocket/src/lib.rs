@@ -50,6 +50,14 @@ impl Default for WsOptions {
     }
 }
 
+/// A TLS connector that trusts only the certificates in the PEM file `ca`.
+fn trusting(ca: &str) -> Result<tokio_tungstenite::Connector> {
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(syncline_core::transport::trusted_roots(ca)?)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+}
+
 /// `[transports.websocket]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -405,7 +413,7 @@ impl WsTransport {
 #[async_trait]
 impl Transport for WsTransport {
     fn schemes(&self) -> Vec<&'static str> {
-        vec!["ws"]
+        vec!["ws", "wss"]
     }
 
     async fn connect(&self, url: &Url) -> Result<Link> {
@@ -413,22 +421,39 @@ impl Transport for WsTransport {
         if target.path().is_empty() || target.path() == "/" {
             target.set_path("/v1/sync/ws");
         }
+        // `wss://`: the system's trusted certificates, or only those of `?ca=<PEM file>`.
+        let connector = match url.query_pairs().find(|(k, _)| k == "ca") {
+            Some((_, ca)) if url.scheme() == "wss" => Some(trusting(&ca)?),
+            Some(_) => {
+                return Err(Error::invalid(format!("{url}: ?ca= needs a wss:// URL")));
+            }
+            None => None,
+        };
+        target.set_query(None);
         let config = tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(self.options.max_message_bytes))
             .max_frame_size(Some(self.options.max_message_bytes));
-        let (socket, _) =
-            tokio_tungstenite::connect_async_with_config(target.as_str(), Some(config), true)
-                .await
-                .map_err(|e| {
-                    let kind = match &e {
-                        tungstenite::Error::Io(_) => ErrorKind::Unavailable,
-                        tungstenite::Error::Http(r) if r.status().as_u16() == 404 => {
-                            ErrorKind::Unavailable
-                        }
-                        _ => ErrorKind::Unavailable,
-                    };
-                    Error::new(kind, format!("cannot open a WebSocket to {target}: {e}"))
-                })?;
+        let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            target.as_str(),
+            Some(config),
+            true,
+            connector,
+        )
+        .await
+        .map_err(|e| {
+            let kind = match &e {
+                tungstenite::Error::Io(_) => ErrorKind::Unavailable,
+                tungstenite::Error::Http(r) if r.status().as_u16() == 404 => ErrorKind::Unavailable,
+                _ => ErrorKind::Unavailable,
+            };
+            Error::new(
+                kind,
+                format!(
+                    "cannot open a WebSocket to {target}: {}",
+                    syncline_core::transport::with_causes(&e)
+                ),
+            )
+        })?;
         let (sink, stream) = socket.split();
         Ok(link(
             sink,
@@ -460,7 +485,7 @@ impl WsOptions {
 pub fn register(backends: &mut syncline_core::Backends) {
     backends.register_transport(syncline_core::TransportKind::backend(
         "websocket",
-        &["ws"],
+        &["ws", "wss"],
         |node, _store, _settings: WsSettings| {
             let t: Arc<dyn Transport> = Arc::new(WsTransport::new(WsOptions::for_node(&node)));
             futures::future::ready(Ok(t))

@@ -72,6 +72,44 @@ fn call(
     (status, resp.text().unwrap(), challenge)
 }
 
+/// Calls `check` every 100 ms for up to `secs` seconds until `done` holds of what it returned;
+/// returns that, or panics with `what` and the last value.
+fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v = check();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {secs} s for {what}; last: {v:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// GETs `url` until its body satisfies `done`; returns the body.
+fn get_until(
+    c: &Client,
+    url: &str,
+    token: Option<&str>,
+    secs: u64,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    eventually(
+        url,
+        secs,
+        || call(c, "GET", url, token, None).1,
+        |b| done(b),
+    )
+}
+
 fn set(value: &str) -> Value {
     json!({"actions": [{"type": "set", "input": {"path": "/v", "value": value}}]})
 }
@@ -372,18 +410,9 @@ fn a_sync_listener_of_its_own_serves_sync_only_and_the_api_listener_the_api_only
         Some(json!({})),
     );
     assert_eq!(s, 404, "{body}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, body, _) = call(&c, "GET", &format!("{}/v1/documents/d", b.http), None, None);
-        if body.contains("over sync") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "b never pulled from a's sync listener: {body}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    get_until(&c, &format!("{}/v1/documents/d", b.http), None, 20, |b| {
+        b.contains("over sync")
+    });
 }
 
 #[test]
@@ -448,19 +477,9 @@ fn rate_limits_answer_429_with_retry_after_and_a_limited_peer_still_converges() 
         assert_eq!(s, 201, "{body}");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (_, body, _) = call(&c, "GET", &format!("{docs}/limited"), Some(&t2), None);
-        let v: Value = serde_json::from_str(&body).unwrap_or_default();
-        if v["revision"] == 40 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "b's operations never all arrived: {body}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    get_until(&c, &format!("{docs}/limited"), Some(&t2), 60, |body| {
+        serde_json::from_str::<Value>(body).unwrap_or_default()["revision"] == 40
+    });
     let (_, status, _) = call(&c, "GET", &format!("{}/v1/remotes/a", b.http), None, None);
     assert!(
         status.contains("429"),
@@ -539,47 +558,29 @@ fn a_shared_token_claims_no_other_id_and_takes_no_peer_slot() {
         );
         body.contains("for b only")
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !has_secret(&b) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "b never got its document through peer://b"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    get_until(
+        &c,
+        &format!("{}/v1/documents/secret", b.http),
+        None,
+        20,
+        |body| body.contains("for b only"),
+    );
     // Mallory's hello as b with another rule's token is refused, and says why.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, status, _) = call(
-            &c,
-            "GET",
-            &format!("{}/v1/remotes/hub", mallory.http),
-            None,
-            None,
-        );
-        if status.contains("wrong token") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mallory's status: {status}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    get_until(
+        &c,
+        &format!("{}/v1/remotes/hub", mallory.http),
+        None,
+        20,
+        |s| s.contains("wrong token"),
+    );
     // field-1 is let in (its rule covers field-*), but a shared token does not prove who it is:
     // it does not get the peer://field-1 slot.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !hub_node
-        .log_text()
-        .contains("cannot take the peer://field-1")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            hub_node.log_tail(20)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(
+        "the hub's log to say why",
+        20,
+        || hub_node.log_text(),
+        |log| log.contains("cannot take the peer://field-1"),
+    );
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert!(
         !has_secret(&field),
@@ -590,5 +591,144 @@ fn a_shared_token_claims_no_other_id_and_takes_no_peer_slot() {
     assert!(
         !log.contains("b-token") && !log.contains("field-token"),
         "{log}"
+    );
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1: (certificate PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+/// A client of an https:// node that trusts only `ca` (a PEM file).
+fn https_client(ca: &std::path::Path) -> Client {
+    let pem = std::fs::read(ca).unwrap();
+    Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn https_listeners_serve_peers_that_trust_them_and_reload_their_certificate() {
+    syncline::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &cert).unwrap();
+    let (other, _) = self_signed();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, &other).unwrap();
+    let (pa, pb, pc, pd) = (free_port(), free_port(), free_port(), free_port());
+    let a = NodeProc::start_https(
+        dir.path(),
+        "a",
+        pa,
+        &format!(
+            "node_id = \"a\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{pa}\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let trusting = https_client(&ca_path);
+    let (s, body, _) = call(
+        &trusting,
+        "POST",
+        &format!("{}/v1/documents/tls/actions", a.http),
+        None,
+        Some(set("over https")),
+    );
+    assert_eq!(s, 201, "{body}");
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(
+        !crate::support::reqwest::blocking_get(&format!("http://127.0.0.1:{pa}/healthz"))
+            .unwrap_or(false),
+        "plain HTTP was answered on a TLS listener"
+    );
+    // b trusts a's certificate and pulls over https://, d over wss://; c trusts another one and
+    // is refused, and its status says it is the certificate.
+    let puller = |name: &str, port: u16, url: String| {
+        NodeProc::start(
+            dir.path(),
+            name,
+            port,
+            &format!(
+                "node_id = \"{name}\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n\
+                 [[remotes]]\nname = \"a\"\nurl = \"{url}\"\nmode = \"pull\"\n"
+            ),
+        )
+    };
+    let ca = ca_path.display();
+    let b = puller("b", pb, format!("https://localhost:{pa}?ca={ca}"));
+    let d = puller("d", pd, format!("wss://localhost:{pa}/v1/sync/ws?ca={ca}"));
+    let c_node = puller(
+        "c",
+        pc,
+        format!("https://localhost:{pa}?ca={}", other_ca.display()),
+    );
+    let plain = Client::new();
+    for node in [&b, &d] {
+        get_until(
+            &plain,
+            &format!("{}/v1/documents/tls", node.http),
+            None,
+            20,
+            |b| b.contains("over https"),
+        );
+    }
+    get_until(
+        &plain,
+        &format!("{}/v1/remotes/a", c_node.http),
+        None,
+        20,
+        |s| s.to_lowercase().contains("certificate"),
+    );
+    let (_, body, _) = call(
+        &plain,
+        "GET",
+        &format!("{}/v1/documents/tls", c_node.http),
+        None,
+        None,
+    );
+    assert!(!body.contains("over https"), "{body}");
+
+    // A new certificate in the same files, then SIGHUP: new connections get it.
+    let (cert2, key2) = self_signed();
+    std::fs::write(&cert_path, &cert2).unwrap();
+    std::fs::write(&key_path, &key2).unwrap();
+    let ca2 = dir.path().join("ca2.pem");
+    std::fs::write(&ca2, &cert2).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually(
+        "the new certificate to be served",
+        20,
+        || {
+            https_client(&ca2)
+                .get(format!("{}/healthz", a.http))
+                .send()
+                .is_ok()
+        },
+        |ok| *ok,
+    );
+    assert!(
+        a.log_text().contains("TLS certificate reloaded"),
+        "{}",
+        a.log_tail(10)
+    );
+    assert!(
+        https_client(&ca_path)
+            .get(format!("{}/healthz", a.http))
+            .send()
+            .is_err(),
+        "the old certificate is still served"
     );
 }

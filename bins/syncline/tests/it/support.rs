@@ -42,6 +42,23 @@ impl NodeProc {
         NodeProc::launch(dir, name, http_port, toml, None)
     }
 
+    /// Like [`NodeProc::start`] for a node serving `listen.http` over TLS (`listen.tls`): it
+    /// counts as started once the port accepts connections.
+    pub(crate) fn start_https(dir: &Path, name: &str, http_port: u16, toml: &str) -> NodeProc {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        let mut n = NodeProc {
+            name: name.to_owned(),
+            config,
+            http: format!("https://127.0.0.1:{http_port}"),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+            nofile: None,
+        };
+        n.spawn();
+        n
+    }
+
     /// Like [`NodeProc::start`], under an open-file limit of `nofile` (soft and hard).
     pub(crate) fn start_limited(
         dir: &Path,
@@ -99,7 +116,11 @@ impl NodeProc {
     pub(crate) fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = reqwest::blocking_get(&format!("{}/healthz", self.http))
+            if let Some(addr) = self.http.strip_prefix("https://") {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return;
+                }
+            } else if let Ok(r) = reqwest::blocking_get(&format!("{}/healthz", self.http))
                 && r
             {
                 return;
