@@ -62,7 +62,8 @@ impl AppState {
             .any(|(scheme, addr)| points_at(url, scheme, addr));
         if ours {
             return Err(Error::invalid(format!(
-                "{url} is this node's own listener; a remote must be another node"
+                "{} is this node's own listener; a remote must be another node",
+                syncline_core::transport::redacted_url(url)
             )));
         }
         Ok(())
@@ -121,7 +122,7 @@ pub fn points_at(url: &str, scheme: &str, addr: &std::net::SocketAddr) -> bool {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
     let kind = match u.scheme() {
-        "ws" | "http" => "http",
+        "ws" | "wss" | "http" | "https" => "http",
         other => other,
     };
     // Another host on the same port is another node (nodes often share a port), even when

@@ -79,8 +79,9 @@ pub struct ApiConfig {
     pub open_metrics: bool,
     /// Serve `/healthz` without a token.
     pub open_health: bool,
-    /// URL patterns (`*` matches anything) a remote added through the API may point at; none
-    /// by default. Remotes in the configuration file are not restricted.
+    /// URL patterns a remote added through the API may point at (`*` within one part of the
+    /// host or path, `**` across `/`), matched against `scheme://host[:port]/path`; none by
+    /// default. Remotes in the configuration file are not restricted.
     pub remote_urls: Vec<String>,
     /// Requests per client address, before the token is read (none: no limit).
     pub rate_per_address: Option<crate::rate::Rate>,
@@ -102,8 +103,11 @@ impl Default for ApiConfig {
     }
 }
 
-/// Most argon2 verdicts remembered.
+/// Most argon2 successes remembered.
 const VERDICTS: usize = 1024;
+
+/// argon2 verifications running at once.
+const ARGON2_AT_ONCE: usize = 2;
 
 enum Digested {
     Sha256([u8; 32]),
@@ -181,7 +185,8 @@ fn forbidden(message: String) -> ApiError {
 /// The API's tokens and URL rules, checked once at start.
 pub struct ApiAuth {
     known: Vec<Known>,
-    verdicts: Mutex<lru::LruCache<[u8; 32], Option<usize>>>,
+    verdicts: Mutex<lru::LruCache<[u8; 32], usize>>,
+    argon2_slots: tokio::sync::Semaphore,
     remote_urls: GlobSet,
     config: ApiConfig,
     per_token: Option<crate::rate::Limiter<String>>,
@@ -250,7 +255,7 @@ impl ApiAuth {
         let mut urls = GlobSetBuilder::new();
         for (i, p) in config.remote_urls.iter().enumerate() {
             let glob = GlobBuilder::new(p)
-                .literal_separator(false)
+                .literal_separator(true)
                 .build()
                 .map_err(|e| {
                     ConfigError::new(
@@ -276,6 +281,7 @@ impl ApiAuth {
             verdicts: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(VERDICTS).expect("not zero"),
             )),
+            argon2_slots: tokio::sync::Semaphore::new(ARGON2_AT_ONCE),
             remote_urls,
             config: config.clone(),
             per_token: config
@@ -293,7 +299,10 @@ impl ApiAuth {
     }
 
     /// Who presented these headers: `401` without a known token.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub async fn authenticate(
+        self: &std::sync::Arc<Self>,
+        headers: &HeaderMap,
+    ) -> Result<Caller, ApiError> {
         if self.is_open() {
             return Ok(Caller::open());
         }
@@ -311,6 +320,7 @@ impl ApiAuth {
             })?;
         let index = self
             .find(presented)
+            .await
             .ok_or_else(|| unauthorized("the token is not valid"))?;
         let t = &self.known[index].token;
         Ok(Caller {
@@ -321,7 +331,7 @@ impl ApiAuth {
     }
 
     /// The index of the token `presented` is, if any.
-    fn find(&self, presented: &str) -> Option<usize> {
+    async fn find(self: &std::sync::Arc<Self>, presented: &str) -> Option<usize> {
         let digest = sha256(presented);
         let mut found = None;
         // Every SHA-256 token is compared, in constant time, so the time taken says nothing
@@ -341,10 +351,28 @@ impl ApiAuth {
         {
             return found;
         }
-        if let Some(verdict) = self.verdicts.lock().get(&digest) {
-            return *verdict;
+        if let Some(i) = self.verdicts.lock().get(&digest) {
+            return Some(*i);
         }
-        let verdict = self.known.iter().position(|k| match &k.hash {
+        // argon2 is slow on purpose (tens of ms, 19 MiB): it runs on the blocking pool, at most
+        // ARGON2_AT_ONCE at a time, so guessed tokens cannot stall the API's or the sync
+        // endpoints' workers. Only successes are remembered, so guesses cannot push real
+        // tokens out of the cache.
+        let _slot = self.argon2_slots.acquire().await.ok()?;
+        let this = self.clone();
+        let token = presented.to_owned();
+        let verdict = tokio::task::spawn_blocking(move || this.argon2_position(&token))
+            .await
+            .ok()
+            .flatten();
+        if let Some(i) = verdict {
+            self.verdicts.lock().put(digest, i);
+        }
+        verdict
+    }
+
+    fn argon2_position(&self, presented: &str) -> Option<usize> {
+        self.known.iter().position(|k| match &k.hash {
             Digested::Argon2(phc) => argon2::PasswordHash::new(phc).is_ok_and(|h| {
                 argon2::PasswordVerifier::verify_password(
                     &argon2::Argon2::default(),
@@ -354,9 +382,7 @@ impl ApiAuth {
                 .is_ok()
             }),
             Digested::Sha256(_) => false,
-        });
-        self.verdicts.lock().put(digest, verdict);
-        verdict
+        })
     }
 
     /// Refuses a remote URL the API may not add.
@@ -365,11 +391,24 @@ impl ApiAuth {
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
                 "adding remotes through the API is off: list the URLs it may point at in \
-                 api.remote_urls (for example \"wss://*.example.com/*\"), or configure the remote \
+                 api.remote_urls (for example \"wss://*.example.com/**\"), or configure the remote \
                  in the configuration file",
             ));
         }
-        if !self.remote_urls.is_match(url) {
+        // Matched against the URL as it will be dialled (scheme, host, port, path), so that a
+        // user name, a query or a fragment cannot make another host look like an allowed one.
+        let dialled = url::Url::parse(url).ok().and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            Some(format!("{}://{host}{port}{}", u.scheme(), u.path()))
+        });
+        let Some(dialled) = dialled else {
+            return Err(Error::invalid(format!(
+                "{} is not a URL with a host",
+                syncline_core::transport::redacted_url(url)
+            )));
+        };
+        if !self.remote_urls.is_match(&dialled) {
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!(
@@ -384,6 +423,44 @@ impl ApiAuth {
     /// The per-address limit's layer state, if one is configured.
     pub fn per_address(&self) -> Option<std::sync::Arc<crate::rate::Limiter<std::net::IpAddr>>> {
         self.per_address.clone()
+    }
+
+    /// An API without tokens trusts whoever reaches its loopback address, so it must not be
+    /// reachable from web pages: a request whose `Host` is not a loopback name (a page's own
+    /// name pointed at 127.0.0.1, DNS rebinding) or that carries an `Origin` (sent by browsers)
+    /// is refused. Not checked with tokens (a page cannot send them) or when
+    /// `api.allow_unauthenticated` opened the API on purpose.
+    fn check_open_request(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.is_open() || self.config.allow_unauthenticated {
+            return Ok(());
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(forbidden(
+                "this API has no tokens and answers only requests addressed to localhost, \
+                 127.0.0.1 or [::1] (Host header)"
+                    .into(),
+            ));
+        }
+        if headers.contains_key(header::ORIGIN) {
+            return Err(forbidden(
+                "this API has no tokens and does not answer web pages (Origin header); \
+                 configure [[api.tokens]] for browser clients"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether `path` is served without a token.
@@ -404,10 +481,13 @@ pub async fn layer(
     mut req: Request,
     next: Next,
 ) -> Response {
+    if let Err(e) = auth.check_open_request(req.headers()) {
+        return e.into_response();
+    }
     let caller = if auth.is_open_path(req.uri().path()) {
         Ok(Caller::open())
     } else {
-        auth.authenticate(req.headers())
+        auth.authenticate(req.headers()).await
     };
     match caller {
         Ok(c) => {
@@ -418,7 +498,10 @@ pub async fn layer(
                 return e.into_response();
             }
             if let Some(limit) = &auth.per_token {
-                let key = c.name.clone().unwrap_or_else(|| addr.ip().to_string());
+                let key = c
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| crate::rate::client_key(addr.ip()).to_string());
                 if let Err(refused) = limit.check(&key) {
                     return refused.into_response();
                 }
@@ -491,8 +574,8 @@ mod tests {
         h
     }
 
-    #[test]
-    fn tokens_map_to_their_role_and_documents_and_others_are_refused() {
+    #[tokio::test]
+    async fn tokens_map_to_their_role_and_documents_and_others_are_refused() {
         let (reader, reader_hash) = new_token();
         let config = ApiConfig {
             tokens: vec![
@@ -506,8 +589,8 @@ mod tests {
             ],
             ..ApiConfig::default()
         };
-        let auth = ApiAuth::new(&config).unwrap();
-        let c = auth.authenticate(&bearer(&reader)).unwrap();
+        let auth = std::sync::Arc::new(ApiAuth::new(&config).unwrap());
+        let c = auth.authenticate(&bearer(&reader)).await.unwrap();
         assert_eq!(c.who(), "reader");
         let inside = StrandId::parse("drive/a", None, None).unwrap();
         let outside = StrandId::parse("hr/salaries", None, None).unwrap();
@@ -522,11 +605,11 @@ mod tests {
         );
         // Twice: the second answer comes from the remembered verdict.
         for _ in 0..2 {
-            let admin = auth.authenticate(&bearer("correct horse")).unwrap();
+            let admin = auth.authenticate(&bearer("correct horse")).await.unwrap();
             assert!(admin.needs(Role::Admin).is_ok());
         }
         for bad in [bearer("wrong"), bearer(&reader[1..]), HeaderMap::new()] {
-            let e = auth.authenticate(&bad).unwrap_err();
+            let e = auth.authenticate(&bad).await.unwrap_err();
             assert_eq!(e.0.kind(), ErrorKind::Unauthenticated);
             assert!(!e.0.to_string().contains(&reader), "{e:?}");
         }
@@ -556,11 +639,35 @@ mod tests {
     }
 
     #[test]
+    fn an_open_api_answers_only_loopback_hosts_and_no_web_page() {
+        let auth = ApiAuth::new(&ApiConfig::default()).unwrap();
+        let h = |host: &str, origin: Option<&str>| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, host.parse().unwrap());
+            if let Some(o) = origin {
+                m.insert(header::ORIGIN, o.parse().unwrap());
+            }
+            m
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "localhost",
+        ] {
+            assert!(auth.check_open_request(&h(ok, None)).is_ok(), "{ok}");
+        }
+        assert!(auth.check_open_request(&h("evil.test:8080", None)).is_err());
+        let page = h("127.0.0.1:8080", Some("http://evil.test"));
+        assert!(auth.check_open_request(&page).is_err());
+    }
+
+    #[test]
     fn remote_urls_are_off_by_default_and_matched_by_pattern() {
         let auth = ApiAuth::new(&ApiConfig::default()).unwrap();
         assert!(auth.check_remote_url("ws://127.0.0.1:1").is_err());
         let auth = ApiAuth::new(&ApiConfig {
-            remote_urls: vec!["wss://*.example.com/*".into()],
+            remote_urls: vec!["wss://*.example.com/**".into()],
             ..ApiConfig::default()
         })
         .unwrap();
@@ -568,6 +675,15 @@ mod tests {
             auth.check_remote_url("wss://a.example.com/v1/sync/ws")
                 .is_ok()
         );
+        // Another host dressed up as an allowed one.
+        for sly in [
+            "wss://attacker.test/.example.com/",
+            "wss://attacker.test?.example.com/",
+            "wss://a.example.com@attacker.test/x",
+            "wss://attacker.test#.example.com/",
+        ] {
+            assert!(auth.check_remote_url(sly).is_err(), "{sly}");
+        }
         let e = auth
             .check_remote_url("ws://user:secret@attacker.test:80/")
             .unwrap_err();

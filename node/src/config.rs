@@ -519,6 +519,7 @@ impl Config {
             if r.credentials.is_some() {
                 r.credentials = Some("***".into());
             }
+            r.url = syncline_core::transport::redacted_url(&r.url);
         }
         for rule in &mut c.permissions.rules {
             if rule.token.is_some() {

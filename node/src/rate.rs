@@ -134,6 +134,21 @@ fn too_many(what: &str, wait: std::time::Duration) -> Response {
     r
 }
 
+/// The bucket of an address: the address itself for IPv4, its /64 for IPv6 (one client
+/// commonly holds a whole /64 and could otherwise take a bucket per address).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// The per-address layer: the client's IP address, before anything else of the request.
 pub async fn per_address(
     State(limiter): State<Arc<Limiter<IpAddr>>>,
@@ -141,7 +156,7 @@ pub async fn per_address(
     req: Request,
     next: Next,
 ) -> Response {
-    match limiter.check(&addr.ip()) {
+    match limiter.check(&client_key(addr.ip())) {
         Ok(()) => next.run(req).await,
         Err(refused) => refused.into_response(),
     }
@@ -175,5 +190,10 @@ mod tests {
             .check("api.rate")
             .is_err()
         );
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b), "one /64, one bucket");
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(v4), v4);
     }
 }

@@ -128,6 +128,8 @@ fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
 
 struct ClientLink {
     base: Url,
+    /// The base as messages show it (no password).
+    shown: String,
     client: reqwest::Client,
     codec: Codec,
     session: Mutex<Option<String>>,
@@ -137,7 +139,7 @@ struct ClientLink {
 
 impl fmt::Debug for ClientLink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HttpLink({})", self.base)
+        write!(f, "HttpLink({})", self.shown)
     }
 }
 
@@ -209,7 +211,7 @@ impl FrameSender for ClientSender {
         if link.closed.load(Ordering::SeqCst) {
             return Err(Error::closed(format!(
                 "the HTTP link to {} is closed",
-                link.base
+                link.shown
             )));
         }
         // Frames that do not decode still go out (to the generic route) so that the server,
@@ -227,7 +229,7 @@ impl FrameSender for ClientSender {
         let url = link
             .base
             .join(&path)
-            .map_err(|e| Error::invalid(format!("bad URL {}: {e}", link.base)))?;
+            .map_err(|e| Error::invalid(format!("bad URL {}: {e}", link.shown)))?;
         let mut req = link.client.post(url).header(
             header::CONTENT_TYPE,
             if Codec::detect(&frame) == Codec::Json {
@@ -260,7 +262,7 @@ impl FrameSender for ClientSender {
                                     ErrorKind::Backpressure,
                                     format!(
                                         "{} limits our requests (429); it asks us to wait {after} s",
-                                        link.base
+                                        link.shown
                                     ),
                                 ),
                             )
@@ -293,7 +295,7 @@ impl FrameSender for ClientSender {
                                         &Error::closed(format!(
                                             "{} no longer knows our session (it restarted); \
                                              saying hello again",
-                                            link.base
+                                            link.shown
                                         )),
                                     )
                                     .await;
@@ -327,7 +329,7 @@ impl FrameSender for ClientSender {
                         kind,
                         format!(
                             "{} did not answer: {}",
-                            link.base,
+                            link.shown,
                             syncline_core::transport::with_causes(&e)
                         ),
                     );
@@ -373,7 +375,8 @@ impl Transport for HttpTransport {
             Some((_, v)) if v == "binary" => Codec::Binary,
             Some((_, v)) => {
                 return Err(Error::invalid(format!(
-                    "{url}: codec={v} is not known; use json or binary"
+                    "{}: codec={v} is not known; use json or binary",
+                    syncline_core::transport::redacted_url(url.as_str())
                 )));
             }
             None => self.codec,
@@ -381,13 +384,17 @@ impl Transport for HttpTransport {
         let client = match url.query_pairs().find(|(k, _)| k == "ca") {
             Some((_, ca)) if url.scheme() == "https" => self.trusting(&ca)?,
             Some(_) => {
-                return Err(Error::invalid(format!("{url}: ?ca= needs an https:// URL")));
+                return Err(Error::invalid(format!(
+                    "{}: ?ca= needs an https:// URL",
+                    syncline_core::transport::redacted_url(url.as_str())
+                )));
             }
             None => self.client.clone(),
         };
         base.set_query(None);
         let (tx, rx) = mpsc::channel(ANSWERS);
         let link = Arc::new(ClientLink {
+            shown: syncline_core::transport::redacted_url(base.as_str()),
             base: base.clone(),
             client,
             codec,
@@ -400,7 +407,7 @@ impl Transport for HttpTransport {
             receiver: Box::new(ChannelReceiver::new(rx, "http")),
             info: LinkInfo {
                 transport: "http",
-                peer: base.to_string(),
+                peer: syncline_core::transport::redacted_url(base.as_str()),
                 duplex: false,
                 codec,
             },

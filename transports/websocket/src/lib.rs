@@ -92,9 +92,13 @@ impl syncline_core::Settings for WsSettings {
 impl WsSettings {
     /// The origins as a browser sends them (no trailing `/`, lower case).
     pub fn origins(&self) -> Arc<[String]> {
+        // As a browser serialises an origin: lower case, punycode, no default port.
         self.allowed_origins
             .iter()
-            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .map(|o| match Url::parse(o) {
+                Ok(u) => u.origin().ascii_serialization(),
+                Err(_) => o.trim_end_matches('/').to_ascii_lowercase(),
+            })
             .collect()
     }
 }
@@ -425,7 +429,10 @@ impl Transport for WsTransport {
         let connector = match url.query_pairs().find(|(k, _)| k == "ca") {
             Some((_, ca)) if url.scheme() == "wss" => Some(trusting(&ca)?),
             Some(_) => {
-                return Err(Error::invalid(format!("{url}: ?ca= needs a wss:// URL")));
+                return Err(Error::invalid(format!(
+                    "{}: ?ca= needs a wss:// URL",
+                    syncline_core::transport::redacted_url(url.as_str())
+                )));
             }
             None => None,
         };

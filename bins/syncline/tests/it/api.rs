@@ -15,7 +15,7 @@ async fn node(name: &str) -> Node {
     };
     c.store.kind = "memory".into();
     c.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.api.remote_urls = vec!["*".into()];
+    c.api.remote_urls = vec!["**".into()];
     Node::start(c).await.unwrap()
 }
 
@@ -322,7 +322,7 @@ async fn api_edges_answer_with_the_json_error() {
         let (status, v) = raw(
             n.http_addr,
             &format!(
-                "POST /v1/documents/{bad}/actions HTTP/1.1\r\nHost: x\r\n\
+                "POST /v1/documents/{bad}/actions HTTP/1.1\r\nHost: localhost\r\n\
                  Content-Type: application/json\r\nContent-Length: {}\r\n\
                  Connection: close\r\n\r\n{body}",
                 body.len()
@@ -336,7 +336,9 @@ async fn api_edges_answer_with_the_json_error() {
         );
         let (status, v) = raw(
             n.http_addr,
-            &format!("GET /v1/documents/{bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            &format!(
+                "GET /v1/documents/{bad} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            ),
         )
         .await;
         assert_eq!(

@@ -340,8 +340,16 @@ fn an_api_without_tokens_stays_on_loopback_unless_told_otherwise() {
     let node = NodeProc::start(dir.path(), "a", port, &toml);
     let log = node.log_text();
     assert!(log.contains("the application API has no tokens"), "{log}");
-    // And it still adds no remote through the API without api.remote_urls.
+    // Web pages cannot reach it: not by pointing their own name at 127.0.0.1 (DNS
+    // rebinding), not with a request that says which page sent it.
+    let docs = format!("{}/v1/documents", node.http);
     let c = Client::new();
+    for (header, value) in [("host", "evil.test"), ("origin", "http://evil.test")] {
+        let r = c.get(&docs).header(header, value).send().unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{header}: {value}");
+    }
+    assert_eq!(c.get(&docs).send().unwrap().status().as_u16(), 200);
+    // And it still adds no remote through the API without api.remote_urls.
     let body = json!({"name": "x", "url": "ws://127.0.0.1:9/v1/sync/ws", "mode": "push"});
     let (s, b, _) = call(
         &c,

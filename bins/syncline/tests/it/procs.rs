@@ -357,7 +357,7 @@ fn remote_labels_are_bounded_and_removed_remotes_leave_metrics() {
         port,
         &format!(
             "node_id = \"labels\"\ndata_dir = \"{}\"\n[store]\nkind = \"memory\"\n\
-             [api]\nremote_urls = [\"*\"]\n[listen]\nhttp = \"127.0.0.1:{port}\"\n[metrics]\nmax_remote_labels = 2\n",
+             [api]\nremote_urls = [\"**\"]\n[listen]\nhttp = \"127.0.0.1:{port}\"\n[metrics]\nmax_remote_labels = 2\n",
             dir.path().display()
         ),
     );

@@ -142,7 +142,9 @@ async fn tcp_churn(addr: &str, rounds: usize) {
     for i in 0..rounds {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         if i % 2 == 0 {
-            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+            let _ = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+                .await;
         }
         drop(s);
     }
@@ -190,7 +192,7 @@ fn post_json(client: &reqwest::blocking::Client, url: &str, body: &Value) -> u16
 fn listener_config(dir: &std::path::Path, pa: u16, qa: u16, rest: &str) -> String {
     format!(
         "node_id = \"a\"\ndata_dir = \"{d}\"\n[store]\nkind = \"memory\"\n\
-         [api]\nremote_urls = [\"*\"]\n\
+         [api]\nremote_urls = [\"**\"]\n\
          [listen]\nhttp = \"127.0.0.1:{pa}\"\nquic = \"127.0.0.1:{qa}\"\n{rest}",
         d = dir.display()
     )
@@ -222,7 +224,7 @@ fn connections_listeners_and_requeues_leave_no_trace() {
         pb,
         &format!(
             "node_id = \"b\"\ndata_dir = \"{d}\"\n[store]\nkind = \"memory\"\n\
-             [api]\nremote_urls = [\"*\"]\n\
+             [api]\nremote_urls = [\"**\"]\n\
              [listen]\nhttp = \"127.0.0.1:{pb}\"\n\
              [[permissions.rules]]\npeer = \"a\"\nwrite = {{ document_ids = [\"live/*\"] }}\n\
              read = {{ document_ids = [\"live/*\"] }}\n",
@@ -483,7 +485,7 @@ fn idle_slow_and_silent_clients_are_cut_off_and_the_api_stays_reachable() {
         let mut half = Vec::new();
         for _ in 0..100 {
             let mut s = tcp_from("127.0.0.2", &addr).await.unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
                 .await
                 .unwrap();
             half.push(s);
@@ -543,7 +545,7 @@ fn idle_slow_and_silent_clients_are_cut_off_and_the_api_stays_reachable() {
         use tokio::io::AsyncWriteExt;
         let mut s = tcp_from("127.0.0.3", &addr).await.unwrap();
         s.write_all(
-            b"POST /v1/documents/slow/actions HTTP/1.1\r\nHost: x\r\n\
+            b"POST /v1/documents/slow/actions HTTP/1.1\r\nHost: localhost\r\n\
               Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"actions\"",
         )
         .await
