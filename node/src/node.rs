@@ -194,7 +194,6 @@ impl Node {
             Some(t) => Some(crate::serve::TlsFiles::load(&t.cert, &t.key)?),
             None => None,
         };
-        let tls_watch = tls.clone().map(crate::serve::TlsFiles::watch);
         let mut servers = Vec::new();
         // With a sync listener of its own, the API's listener serves the API alone.
         let (app, sync_addr) = match config.listen.sync {
@@ -255,6 +254,8 @@ impl Node {
             node = %config.node_id, http = %http_addr, sync = ?sync_addr, quic = ?quic_addr,
             "syncline node started"
         );
+        // Watched once every listener is up: a start that fails leaves no task behind.
+        let tls_watch = tls.map(crate::serve::TlsFiles::watch);
         Ok(Node {
             config,
             reactor,
