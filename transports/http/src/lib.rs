@@ -420,13 +420,39 @@ impl Transport for HttpTransport {
 /// Hands accepted links to the reactor (`reactor.serve(link)`).
 pub use syncline_core::AcceptFn as Accept;
 
-/// Registers the HTTP transport (`[transports.http]`, no settings); its server side is
+/// `[transports.http]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// A PEM file of the certificates `https://` remotes are verified against, instead of the
+    /// system's (a remote's own `?ca=` still wins).
+    pub ca: Option<String>,
+}
+
+impl syncline_core::Settings for HttpSettings {}
+
+impl HttpTransport {
+    /// Verifies `https://` servers against the certificates of the PEM file `ca` only (unless
+    /// a remote names its own `?ca=`).
+    pub fn trusting_by_default(mut self, ca: &str) -> Result<Self> {
+        self.client = self.trusting(ca)?;
+        Ok(self)
+    }
+}
+
+/// Registers the HTTP transport (`[transports.http]`: [`HttpSettings`]); its server side is
 /// [`router`], mounted on the node's HTTP server.
 pub fn register(backends: &mut syncline_core::Backends) {
     let schemes = &["http", "https"];
-    backends.register_transport(syncline_core::TransportKind::plain(
+    backends.register_transport(syncline_core::TransportKind::backend(
         "http",
         schemes,
-        |node| Ok(Arc::new(HttpTransport::new(node.request_timeout)?)),
+        |node, _store, settings: HttpSettings| {
+            let built = HttpTransport::new(node.request_timeout).and_then(|t| match &settings.ca {
+                Some(ca) => t.trusting_by_default(ca),
+                None => Ok(t),
+            });
+            futures::future::ready(built.map(|t| Arc::new(t) as Arc<dyn Transport>))
+        },
     ));
 }

@@ -51,11 +51,11 @@ impl Default for WsOptions {
 }
 
 /// A TLS connector that trusts only the certificates in the PEM file `ca`.
-fn trusting(ca: &str) -> Result<tokio_tungstenite::Connector> {
+fn trusting(ca: &str) -> Result<Arc<rustls::ClientConfig>> {
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(syncline_core::transport::trusted_roots(ca)?)
         .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// `[transports.websocket]`.
@@ -65,6 +65,9 @@ pub struct WsSettings {
     /// Origins (`https://app.example.com`) whose web pages may open `/v1/sync/ws`; an upgrade
     /// with another `Origin` header is refused with 403.
     pub allowed_origins: Vec<String>,
+    /// A PEM file of the certificates `wss://` remotes are verified against, instead of the
+    /// system's (a remote's own `?ca=` still wins).
+    pub ca: Option<String>,
 }
 
 impl syncline_core::Settings for WsSettings {
@@ -405,12 +408,25 @@ fn tung_err(e: &tungstenite::Error) -> Error {
 #[derive(Debug, Clone, Default)]
 pub struct WsTransport {
     options: WsOptions,
+    /// How `wss://` servers are verified when a remote names no `?ca=` (none: the system's
+    /// certificates).
+    default_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl WsTransport {
     /// A transport with these limits.
     pub fn new(options: WsOptions) -> Self {
-        WsTransport { options }
+        WsTransport {
+            options,
+            default_tls: None,
+        }
+    }
+
+    /// Verifies `wss://` servers against the certificates of the PEM file `ca` only (unless a
+    /// remote names its own `?ca=`).
+    pub fn trusting_by_default(mut self, ca: &str) -> Result<Self> {
+        self.default_tls = Some(trusting(ca)?);
+        Ok(self)
     }
 }
 
@@ -434,8 +450,9 @@ impl Transport for WsTransport {
                     syncline_core::transport::redacted_url(url.as_str())
                 )));
             }
-            None => None,
-        };
+            None => self.default_tls.clone(),
+        }
+        .map(tokio_tungstenite::Connector::Rustls);
         target.set_query(None);
         let config = tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(self.options.max_message_bytes))
@@ -493,9 +510,13 @@ pub fn register(backends: &mut syncline_core::Backends) {
     backends.register_transport(syncline_core::TransportKind::backend(
         "websocket",
         &["ws", "wss"],
-        |node, _store, _settings: WsSettings| {
-            let t: Arc<dyn Transport> = Arc::new(WsTransport::new(WsOptions::for_node(&node)));
-            futures::future::ready(Ok(t))
+        |node, _store, settings: WsSettings| {
+            let t = WsTransport::new(WsOptions::for_node(&node));
+            let built = match &settings.ca {
+                Some(ca) => t.trusting_by_default(ca),
+                None => Ok(t),
+            };
+            futures::future::ready(built.map(|t| Arc::new(t) as Arc<dyn Transport>))
         },
     ));
 }
@@ -511,6 +532,7 @@ mod tests {
         let accept: AcceptFn = Arc::new(|link: Link| drop(link));
         let settings = WsSettings {
             allowed_origins: vec!["https://App.example.com/".into()],
+            ..WsSettings::default()
         };
         let app = router(accept, WsOptions::default(), settings.origins());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -539,6 +561,7 @@ mod tests {
         assert_eq!(open(Some("http://127.0.0.1:8080")).await, 403);
         let bad = WsSettings {
             allowed_origins: vec!["https://a.example/path".into()],
+            ..WsSettings::default()
         };
         let e = syncline_core::Settings::check(&bad, "transports.websocket").unwrap_err();
         assert!(e.to_string().contains("allowed_origins[0]"), "{e}");

@@ -660,27 +660,46 @@ fn https_listeners_serve_peers_that_trust_them_and_reload_their_certificate() {
     );
     // b trusts a's certificate and pulls over https://, d over wss://; c trusts another one and
     // is refused, and its status says it is the certificate.
-    let puller = |name: &str, port: u16, url: String| {
+    // e and f trust it node-wide ([transports.http] ca, [transports.websocket] ca).
+    let puller = |name: &str, port: u16, url: String, extra: &str| {
         NodeProc::start(
             dir.path(),
             name,
             port,
             &format!(
                 "node_id = \"{name}\"\n[store]\nkind = \"memory\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n\
-                 [[remotes]]\nname = \"a\"\nurl = \"{url}\"\nmode = \"pull\"\n"
+                 {extra}[[remotes]]\nname = \"a\"\nurl = \"{url}\"\nmode = \"pull\"\n"
             ),
         )
     };
     let ca = ca_path.display();
-    let b = puller("b", pb, format!("https://localhost:{pa}?ca={ca}"));
-    let d = puller("d", pd, format!("wss://localhost:{pa}/v1/sync/ws?ca={ca}"));
+    let b = puller("b", pb, format!("https://localhost:{pa}?ca={ca}"), "");
+    let d = puller(
+        "d",
+        pd,
+        format!("wss://localhost:{pa}/v1/sync/ws?ca={ca}"),
+        "",
+    );
     let c_node = puller(
         "c",
         pc,
         format!("https://localhost:{pa}?ca={}", other_ca.display()),
+        "",
+    );
+    let e = puller(
+        "e",
+        free_port(),
+        format!("https://localhost:{pa}"),
+        &format!("[transports.http]\nca = \"{ca}\"\n"),
+    );
+    let f = puller(
+        "f",
+        free_port(),
+        format!("wss://localhost:{pa}/v1/sync/ws"),
+        &format!("[transports.websocket]\nca = \"{ca}\"\n"),
     );
     let plain = Client::new();
-    for node in [&b, &d] {
+    for node in [&b, &d, &e, &f] {
         get_until(
             &plain,
             &format!("{}/v1/documents/tls", node.http),
