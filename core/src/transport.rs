@@ -274,6 +274,13 @@ pub fn trusted_roots(ca: &str) -> Result<rustls::RootCertStore> {
     Ok(roots)
 }
 
+/// A TLS client configuration that trusts only the certificates of the PEM file `ca`.
+pub fn trusting_client_config(ca: &str) -> Result<rustls::ClientConfig> {
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(trusted_roots(ca)?)
+        .with_no_client_auth())
+}
+
 /// An error with its causes, for messages: HTTP and WebSocket client errors say only "error
 /// sending request" themselves; their causes say which certificate check failed, or that the
 /// connection was refused.

@@ -332,7 +332,7 @@ impl ApiAuth {
 
     /// The index of the token `presented` is, if any.
     async fn find(self: &std::sync::Arc<Self>, presented: &str) -> Option<usize> {
-        let digest = sha256(presented);
+        let digest = syncline_core::auth::token_sha256(presented);
         let mut found = None;
         // Every SHA-256 token is compared, in constant time, so the time taken says nothing
         // about which one (or how much of one) matched.
@@ -531,14 +531,10 @@ pub fn new_token() -> (String, String) {
 
 /// `sha256:<hex>` of a token.
 pub fn sha256_hash(token: &str) -> String {
-    format!("sha256:{}", hex::encode(sha256(token)))
-}
-
-fn sha256(token: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    format!(
+        "sha256:{}",
+        hex::encode(syncline_core::auth::token_sha256(token))
+    )
 }
 
 /// An argon2id PHC string of a token (for tokens a person chose).

@@ -85,7 +85,6 @@ pub struct RemoteMachine {
     puller: Option<Puller>,
     /// The link of the session dialled last.
     link: Link,
-    connected: bool,
     offers: VecDeque<Offer>,
     /// The push riding on the pull under way.
     riding: Option<JobId>,
@@ -108,7 +107,6 @@ impl RemoteMachine {
             pusher,
             puller,
             link: Link::default(),
-            connected: false,
             offers: VecDeque::new(),
             riding: None,
             now,
@@ -392,7 +390,6 @@ impl RemoteMachine {
         let now = self.now;
         match &effect {
             ConnectEffect::Connected { .. } => {
-                self.connected = true;
                 self.effects.push_back(RemoteEffect::Connect(effect));
                 if let Some(p) = &mut self.pusher {
                     p.connected(now);
@@ -403,7 +400,6 @@ impl RemoteMachine {
                 }
             }
             ConnectEffect::Disconnected => {
-                self.connected = false;
                 self.effects.push_back(RemoteEffect::Connect(effect));
                 if let Some(p) = &mut self.pusher {
                     p.disconnected();
@@ -428,7 +424,9 @@ impl RemoteMachine {
     fn on_push(&mut self, effect: PushEffect) {
         match effect {
             PushEffect::Send { job, request }
-                if self.connected && self.link.piggyback && self.puller.is_some() =>
+                // The connector's effects are drained first, so its state is the one its
+                // last effect told.
+                if self.connector.is_connected() && self.link.piggyback && self.puller.is_some() =>
             {
                 self.offers.push_back(Offer {
                     job,

@@ -105,9 +105,7 @@ impl HttpTransport {
         if let Some(c) = self.trusting.lock().get(ca) {
             return Ok(c.clone());
         }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(syncline_core::transport::trusted_roots(ca)?)
-            .with_no_client_auth();
+        let tls = syncline_core::transport::trusting_client_config(ca)?;
         let client = client_builder(self.timeout)
             .use_preconfigured_tls(tls)
             .build()

@@ -52,10 +52,9 @@ impl Default for WsOptions {
 
 /// A TLS connector that trusts only the certificates in the PEM file `ca`.
 fn trusting(ca: &str) -> Result<Arc<rustls::ClientConfig>> {
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(syncline_core::transport::trusted_roots(ca)?)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Arc::new(syncline_core::transport::trusting_client_config(
+        ca,
+    )?))
 }
 
 /// `[transports.websocket]`.

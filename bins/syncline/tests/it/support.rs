@@ -39,24 +39,25 @@ pub(crate) struct NodeProc {
 impl NodeProc {
     /// Writes `toml` to `<dir>/<name>.toml` and starts the node; waits until it answers.
     pub(crate) fn start(dir: &Path, name: &str, http_port: u16, toml: &str) -> NodeProc {
-        NodeProc::launch(dir, name, http_port, toml, None)
+        NodeProc::launch(
+            dir,
+            name,
+            &format!("http://127.0.0.1:{http_port}"),
+            toml,
+            None,
+        )
     }
 
     /// Like [`NodeProc::start`] for a node serving `listen.http` over TLS (`listen.tls`): it
     /// counts as started once the port accepts connections.
     pub(crate) fn start_https(dir: &Path, name: &str, http_port: u16, toml: &str) -> NodeProc {
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, toml).unwrap();
-        let mut n = NodeProc {
-            name: name.to_owned(),
-            config,
-            http: format!("https://127.0.0.1:{http_port}"),
-            child: None,
-            log: dir.join(format!("{name}.log")),
-            nofile: None,
-        };
-        n.spawn();
-        n
+        NodeProc::launch(
+            dir,
+            name,
+            &format!("https://127.0.0.1:{http_port}"),
+            toml,
+            None,
+        )
     }
 
     /// Like [`NodeProc::start`], under an open-file limit of `nofile` (soft and hard).
@@ -67,16 +68,22 @@ impl NodeProc {
         toml: &str,
         nofile: u64,
     ) -> NodeProc {
-        NodeProc::launch(dir, name, http_port, toml, Some(nofile))
+        NodeProc::launch(
+            dir,
+            name,
+            &format!("http://127.0.0.1:{http_port}"),
+            toml,
+            Some(nofile),
+        )
     }
 
-    fn launch(dir: &Path, name: &str, http_port: u16, toml: &str, nofile: Option<u64>) -> NodeProc {
+    fn launch(dir: &Path, name: &str, http: &str, toml: &str, nofile: Option<u64>) -> NodeProc {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let mut n = NodeProc {
             name: name.to_owned(),
             config,
-            http: format!("http://127.0.0.1:{http_port}"),
+            http: http.to_owned(),
             child: None,
             log: dir.join(format!("{name}.log")),
             nofile,
